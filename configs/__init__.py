@@ -1,0 +1,1 @@
+"""Named training configs, shipped as `jaxgpt.configs`: each module defines `config = TrainConfig(...)`."""

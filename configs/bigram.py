@@ -1,0 +1,14 @@
+"""The lecture's bigram model: a (vocab, vocab) table of next-token logits."""
+
+from jaxgpt.config import TrainConfig
+from jaxgpt.model import GPTConfig
+
+config = TrainConfig(
+    model=GPTConfig(block_size=8, n_layer=1, n_head=1, n_embd=32, dropout=0.0),  # only block_size is used
+    model_type="bigram",
+    batch_size=32,
+    learning_rate=1e-2,
+    max_iters=3000,
+    eval_interval=300,
+    eval_iters=200,
+)

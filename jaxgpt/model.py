@@ -1,0 +1,168 @@
+"""The lecture's GPT (and its bigram warm-up) as Flax linen modules.
+
+Shapes follow the lecture: B = batch, T = time (context length), C = channels (n_embd),
+nh = number of heads, hs = head size (C // nh), V = vocabulary size.
+
+The defaults are the lecture's architecture. A few switches (`activation`, `tie_embeddings`,
+`bias`, `qkv_bias`, `lm_head_bias`) also describe the GPT-2 family (nanoGPT, Hugging Face GPT-2), so
+their checkpoints load into the same modules.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Literal
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from jaxgpt.errors import UsageError
+
+Activation = Literal["relu", "gelu_tanh"]
+
+_weight_init = nn.initializers.normal(stddev=0.02)  # the lecture's _init_weights
+_ACTIVATIONS = {"relu": nn.relu, "gelu_tanh": lambda x: nn.gelu(x, approximate=True)}
+
+
+@dataclasses.dataclass(frozen=True)
+class GPTConfig:
+    """Model hyperparameters; the defaults are the lecture's final 10.79M model."""
+
+    vocab_size: int = 65
+    block_size: int = 256  # maximum context length
+    n_layer: int = 6
+    n_head: int = 6
+    n_embd: int = 384
+    dropout: float = 0.2
+    activation: Activation = "relu"  # "gelu_tanh" for the GPT-2 family
+    tie_embeddings: bool = False  # lm_head reuses the token embedding (GPT-2)
+    bias: bool = True  # biases in attention projection, MLP and LayerNorm
+    qkv_bias: bool = False  # biases in the query/key/value projections (GPT-2: True)
+    lm_head_bias: bool = True  # bias in the output layer (GPT-2: False)
+    layer_norm_eps: float = 1e-5
+
+    def __post_init__(self) -> None:
+        for name in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd"):
+            if getattr(self, name) <= 0:
+                raise UsageError(f"{name} must be positive, got {getattr(self, name)}")
+        if self.n_embd % self.n_head:
+            raise UsageError(
+                f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head}); "
+                f"try n_head={_nearest_divisor(self.n_embd, self.n_head)}"
+            )
+        if not 0.0 <= self.dropout < 1.0:
+            raise UsageError(f"dropout must be in [0, 1), got {self.dropout}")
+        if self.activation not in _ACTIVATIONS:
+            raise UsageError(f"activation must be one of {sorted(_ACTIVATIONS)}, got {self.activation!r}")
+
+    @property
+    def head_size(self) -> int:
+        return self.n_embd // self.n_head
+
+
+def _nearest_divisor(n: int, near: int) -> int:
+    return min((d for d in range(1, n + 1) if n % d == 0), key=lambda d: (abs(d - near), d))
+
+
+def _dense(features: int, name: str, use_bias: bool = True) -> nn.Dense:
+    return nn.Dense(
+        features, use_bias=use_bias, kernel_init=_weight_init, bias_init=nn.initializers.zeros, name=name
+    )
+
+
+def _layer_norm(config: GPTConfig, name: str) -> nn.LayerNorm:
+    return nn.LayerNorm(epsilon=config.layer_norm_eps, use_bias=config.bias, name=name)
+
+
+class CausalSelfAttention(nn.Module):
+    """Multi-head masked self-attention: n_head heads of size hs side by side, then a projection."""
+
+    config: GPTConfig
+
+    @nn.compact
+    def __call__(self, x: jax.Array, deterministic: bool = True) -> jax.Array:
+        cfg = self.config
+        B, T, C = x.shape
+        nh, hs = cfg.n_head, cfg.head_size
+        # each head's key/query/value, computed for all heads at once: (B, T, nh, hs)
+        q = _dense(C, "query", cfg.qkv_bias)(x).reshape(B, T, nh, hs)
+        k = _dense(C, "key", cfg.qkv_bias)(x).reshape(B, T, nh, hs)
+        v = _dense(C, "value", cfg.qkv_bias)(x).reshape(B, T, nh, hs)
+        # affinities, scaled so that unit-variance q, k give unit-variance scores
+        wei = jnp.einsum("bqhd,bkhd->bhqk", q, k) * hs**-0.5  # (B, nh, T, T)
+        causal = jnp.tril(jnp.ones((T, T), dtype=bool))  # the future does not talk to the past
+        wei = jnp.where(causal, wei, -jnp.inf)
+        wei = jax.nn.softmax(wei, axis=-1)
+        wei = nn.Dropout(cfg.dropout)(wei, deterministic=deterministic)
+        out = jnp.einsum("bhqk,bkhd->bqhd", wei, v).reshape(B, T, C)  # heads concatenated
+        out = _dense(C, "proj", cfg.bias)(out)
+        return nn.Dropout(cfg.dropout)(out, deterministic=deterministic)
+
+
+class FeedForward(nn.Module):
+    """Per-token MLP: n_embd -> 4 * n_embd -> non-linearity -> n_embd."""
+
+    config: GPTConfig
+
+    @nn.compact
+    def __call__(self, x: jax.Array, deterministic: bool = True) -> jax.Array:
+        cfg = self.config
+        x = _dense(4 * cfg.n_embd, "fc", cfg.bias)(x)  # (B, T, 4C)
+        x = _ACTIVATIONS[cfg.activation](x)
+        x = _dense(cfg.n_embd, "proj", cfg.bias)(x)  # (B, T, C)
+        return nn.Dropout(cfg.dropout)(x, deterministic=deterministic)
+
+
+class Block(nn.Module):
+    """Transformer block: communication (attention) followed by computation (MLP), pre-LayerNorm."""
+
+    config: GPTConfig
+
+    @nn.compact
+    def __call__(self, x: jax.Array, deterministic: bool = True) -> jax.Array:
+        x = x + CausalSelfAttention(self.config, name="sa")(_layer_norm(self.config, "ln1")(x), deterministic)
+        x = x + FeedForward(self.config, name="ffwd")(_layer_norm(self.config, "ln2")(x), deterministic)
+        return x
+
+
+class GPT(nn.Module):
+    """The lecture's GPTLanguageModel: idx (B, T) int -> logits (B, T, V)."""
+
+    config: GPTConfig
+
+    @nn.compact
+    def __call__(self, idx: jax.Array, deterministic: bool = True) -> jax.Array:
+        cfg = self.config
+        B, T = idx.shape
+        if cfg.block_size < T:
+            raise UsageError(f"sequence length {T} exceeds block_size {cfg.block_size}; crop the input")
+        wte = nn.Embed(cfg.vocab_size, cfg.n_embd, embedding_init=_weight_init, name="token_embedding_table")
+        wpe = nn.Embed(cfg.block_size, cfg.n_embd, embedding_init=_weight_init, name="position_embedding_table")
+        x = wte(idx) + wpe(jnp.arange(T))  # (B, T, C)
+        for i in range(cfg.n_layer):
+            x = Block(cfg, name=f"blocks_{i}")(x, deterministic)
+        x = _layer_norm(cfg, "ln_f")(x)
+        if cfg.tie_embeddings:
+            logits = wte.attend(x)  # (B, T, V)
+            if cfg.lm_head_bias:
+                logits += self.param("lm_head_bias", nn.initializers.zeros, (cfg.vocab_size,))
+            return logits
+        return _dense(cfg.vocab_size, "lm_head", cfg.lm_head_bias)(x)  # (B, T, V)
+
+
+class BigramLanguageModel(nn.Module):
+    """The lecture's first model: each token reads the next token's logits off a (V, V) table."""
+
+    vocab_size: int
+
+    @nn.compact
+    def __call__(self, idx: jax.Array, deterministic: bool = True) -> jax.Array:
+        del deterministic  # no dropout; the argument keeps the models interchangeable
+        table = nn.Embed(self.vocab_size, self.vocab_size, name="token_embedding_table")
+        return table(idx)  # (B, T, V)
+
+
+def count_params(params) -> int:
+    """Number of scalars in a parameter pytree."""
+    return sum(p.size for p in jax.tree_util.tree_leaves(params))

@@ -1,0 +1,96 @@
+"""Command-line parsing: overrides, help, and one-line errors with exit status 2."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from jaxgpt.cli import parse_train_args
+from jaxgpt.config import load_config
+from jaxgpt.errors import UsageError
+
+
+def test_overrides_apply_to_model_and_training_fields():
+    config = parse_train_args(["--config=small", "--n_layer=2", "--batch_size", "8", "--dropout=0.1",
+                               "--data_path=x.txt", "--progress=false", "--overwrite"])
+    assert config.model.n_layer == 2 and config.model.dropout == 0.1 and config.model.n_embd == 64
+    assert config.batch_size == 8 and config.data_path == "x.txt"
+    assert config.progress is False and config.overwrite is True
+
+
+def test_config_by_name_and_by_path(tmp_path):
+    assert parse_train_args(["--config=lecture"]).model.n_embd == 384
+    path = tmp_path / "mine.py"
+    path.write_text("from jaxgpt.config import TrainConfig\nconfig = TrainConfig(batch_size=3)\n")
+    assert parse_train_args([f"--config={path}"]).batch_size == 3
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--batchsize=3"], "unknown flag --batchsize; did you mean --batch_size?"),
+        (["--batch_size=three"], "argument --batch_size: expected int, got 'three'"),
+        (["--learning_rate=fast"], "--learning_rate: expected float, got 'fast'"),
+        (["--progress=maybe"], "--progress: expected true or false, got 'maybe'"),
+        (["--n_embd=30"], r"n_embd \(30\) must be divisible by n_head \(4\)"),
+        (["--n_layer=0"], "n_layer must be positive"),
+        (["--batch_size=-1"], "batch_size must be positive"),
+        (["--max_iters=-5"], "max_iters must not be negative"),
+        (["--lr_schedule=linear"], "choose one of constant, cosine, got 'linear'"),
+        (["--config=huge"], "unknown config 'huge'; choose one of bigram, lecture, small, tiny"),
+        (["--config=missing/file.py"], "config file 'missing/file.py' does not exist"),
+    ],
+)
+def test_bad_flags(argv, message):
+    with pytest.raises(UsageError, match=message):
+        parse_train_args(argv)
+
+
+def test_vocab_size_is_not_a_flag():
+    with pytest.raises(UsageError, match="unknown flag --vocab_size"):
+        parse_train_args(["--vocab_size=10"])
+
+
+def run_train(*args: str, env_extra: dict | None = None, cwd=None) -> subprocess.CompletedProcess:
+    env = {**os.environ, **(env_extra or {})}
+    return subprocess.run([sys.executable, "-m", "jaxgpt.train", *args], capture_output=True, text=True,
+                          env=env, cwd=cwd, timeout=300)
+
+
+def test_help_lists_fields_with_defaults():
+    result = run_train("--config=small", "--help")
+    assert result.returncode == 0
+    assert "--batch_size BATCH_SIZE" in result.stdout and "(default: 16)" in result.stdout
+    assert "--n_embd N_EMBD" in result.stdout and "(default: 64)" in result.stdout
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--batchsize=3"], "error: unknown flag --batchsize; did you mean --batch_size?"),
+        (["--n_embd=30", "--n_head=4"], "error: n_embd (30) must be divisible by n_head (4); try n_head=3"),
+        (["--data_path=/no/such/file.txt"], "error: --data_path points to '/no/such/file.txt', which is not a file"),
+    ],
+)
+def test_cli_usage_errors_are_one_line_exit_2(args, message, tmp_path, small_text_file):
+    result = run_train("--config=tiny", f"--out_dir={tmp_path / 'run'}", *args,
+                       env_extra={"JAXGPT_DATA": str(small_text_file)})
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [result.stderr.strip()]  # exactly one line, no traceback
+    assert message in result.stderr
+
+
+def test_block_size_too_long_for_the_text(tmp_path):
+    text = tmp_path / "short.txt"
+    text.write_text("abcdefghij" * 10)
+    result = run_train("--config=tiny", f"--data_path={text}", "--block_size=64", f"--out_dir={tmp_path / 'run'}")
+    assert result.returncode == 2
+    assert "error: the val split has 10 tokens but block_size 64 needs at least 65" in result.stderr
+
+
+def test_tiny_defaults_are_seconds_long():
+    config = load_config("tiny")
+    assert config.max_iters <= 100 and config.model.n_embd <= 32

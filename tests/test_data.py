@@ -1,0 +1,144 @@
+from __future__ import annotations
+
+import hashlib
+import io
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from jaxgpt import data
+from jaxgpt.data import CharTokenizer, get_batch, load_dataset, read_text, resolve_data_path, train_val_split
+from jaxgpt.errors import UsageError
+
+
+def test_tokenizer_matches_lecture(shakespeare_text):
+    tok = CharTokenizer.from_text(shakespeare_text)
+    assert tok.vocab_size == 65
+    assert tok.encode("hii there") == [46, 47, 47, 1, 58, 46, 43, 56, 43]
+    assert tok.decode(tok.encode("hii there")) == "hii there"
+    assert "".join(tok.chars) == "\n !$&',-.3:;?ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+
+
+@given(st.text(min_size=1))
+def test_tokenizer_round_trip(text):
+    tok = CharTokenizer.from_text(text)
+    ids = tok.encode(text)
+    assert tok.decode(ids) == text
+    assert all(0 <= i < tok.vocab_size for i in ids)
+
+
+def test_unknown_characters_are_named():
+    tok = CharTokenizer.from_text("abc")
+    with pytest.raises(UsageError, match=r"'xz'"):
+        tok.encode("axbz")
+
+
+def test_tokenizer_save_load(tmp_path):
+    tok = CharTokenizer.from_text("héllo\nwörld\t")
+    tok.save(tmp_path / "tok.json")
+    assert CharTokenizer.load(tmp_path / "tok.json") == tok
+
+
+def test_split_is_first_90_percent():
+    tokens = np.arange(1000, dtype=np.int32)
+    train, val = train_val_split(tokens, block_size=8)
+    assert len(train) == 900 and train[-1] == 899 and val[0] == 900
+
+
+def test_split_too_short_for_block_size():
+    with pytest.raises(UsageError, match=r"val split has 10 tokens .* block_size 10"):
+        train_val_split(np.arange(100, dtype=np.int32), block_size=10)
+
+
+def test_batches_are_shifted_by_one_and_seeded():
+    tokens = jnp.arange(500, dtype=jnp.int32)
+    x, y = get_batch(jax.random.key(0), tokens, batch_size=4, block_size=8)
+    assert x.shape == y.shape == (4, 8)
+    np.testing.assert_array_equal(y[:, :-1], x[:, 1:])
+    np.testing.assert_array_equal(y[:, -1], x[:, -1] + 1)
+    x2, _ = get_batch(jax.random.key(0), tokens, batch_size=4, block_size=8)
+    np.testing.assert_array_equal(x, x2)
+    x3, _ = get_batch(jax.random.key(1), tokens, batch_size=4, block_size=8)
+    assert not np.array_equal(x, x3)
+
+
+def test_batch_offsets_cover_the_last_window():
+    tokens = jnp.arange(10, dtype=jnp.int32)  # offsets 0..1 possible with block_size 8
+    x, y = get_batch(jax.random.key(3), tokens, batch_size=256, block_size=8)
+    assert set(np.asarray(x[:, 0]).tolist()) == {0, 1}
+    assert int(y.max()) == 9
+
+
+def test_empty_and_undecodable_files(tmp_path):
+    empty = tmp_path / "empty.txt"
+    empty.write_text("")
+    with pytest.raises(UsageError, match="empty"):
+        read_text(empty)
+    binary = tmp_path / "bin.txt"
+    binary.write_bytes(b"abc\xff\xfe")
+    with pytest.raises(UsageError, match="not UTF-8.*offset 3"):
+        read_text(binary)
+
+
+def test_load_dataset_any_text(small_text_file):
+    ds = load_dataset(small_text_file, block_size=16)
+    assert len(ds.train) == 18_000 and len(ds.val) == 2_000
+    assert ds.train.dtype == np.int32
+
+
+def test_resolution_order(tmp_path, monkeypatch, small_text_file):
+    env_file = tmp_path / "env.txt"
+    env_file.write_text("from the environment")
+    monkeypatch.setenv("JAXGPT_DATA", str(env_file))
+    assert resolve_data_path(small_text_file) == small_text_file
+    assert resolve_data_path(None) == env_file
+    monkeypatch.setenv("JAXGPT_DATA", str(tmp_path / "missing.txt"))
+    with pytest.raises(UsageError, match=r"\$JAXGPT_DATA points to .*missing.txt"):
+        resolve_data_path(None)
+    with pytest.raises(UsageError, match=r"--data_path points to"):
+        resolve_data_path(tmp_path / "nope.txt")
+
+
+def test_cache_then_verified_atomic_download(tmp_path, monkeypatch, shakespeare_path):
+    payload = shakespeare_path.read_bytes()
+    cache = tmp_path / "cache" / "input.txt"
+    monkeypatch.delenv("JAXGPT_DATA", raising=False)
+    monkeypatch.setattr(data, "cached_shakespeare_path", lambda: cache)
+    calls = []
+
+    def fake_urlopen(url, timeout):
+        calls.append(url)
+        return io.BytesIO(payload)
+
+    monkeypatch.setattr(data.urllib.request, "urlopen", fake_urlopen)
+    assert resolve_data_path(None) == cache
+    assert calls == [data.SHAKESPEARE_URL]
+    assert hashlib.sha256(cache.read_bytes()).hexdigest() == data.SHAKESPEARE_SHA256
+    assert list(cache.parent.iterdir()) == [cache]  # no temporary file left behind
+    assert resolve_data_path(None) == cache and len(calls) == 1  # served from the cache
+
+
+def test_corrupt_download_is_rejected(tmp_path, monkeypatch):
+    cache = tmp_path / "cache" / "input.txt"
+    monkeypatch.delenv("JAXGPT_DATA", raising=False)
+    monkeypatch.setattr(data, "cached_shakespeare_path", lambda: cache)
+    monkeypatch.setattr(data.urllib.request, "urlopen", lambda url, timeout: io.BytesIO(b"not shakespeare"))
+    with pytest.raises(UsageError, match="sha256"):
+        resolve_data_path(None)
+    assert not cache.exists()
+
+
+def test_offline_error_says_how_to_provide_the_file(tmp_path, monkeypatch):
+    monkeypatch.delenv("JAXGPT_DATA", raising=False)
+    monkeypatch.setattr(data, "cached_shakespeare_path", lambda: tmp_path / "input.txt")
+
+    def offline(url, timeout):
+        raise data.urllib.error.URLError("network unreachable")
+
+    monkeypatch.setattr(data.urllib.request, "urlopen", offline)
+    with pytest.raises(UsageError, match=r"--data_path=FILE or set JAXGPT_DATA=FILE"):
+        resolve_data_path(None)

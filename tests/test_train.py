@@ -1,0 +1,84 @@
+"""Training: the loop end to end on `tiny`, reproducibility and the run directory."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+
+from jaxgpt import checkpoint
+from jaxgpt.config import load_config
+from jaxgpt.errors import UsageError
+from jaxgpt.train import eval_steps, train
+
+
+def tiny(tmp_path, data_path, **overrides):
+    settings = {"data_path": str(data_path), "out_dir": str(tmp_path / "run"), "progress": False, "sample_chars": 0}
+    return dataclasses.replace(load_config("tiny"), **{**settings, **overrides})
+
+
+def test_eval_steps_include_zero_and_last():
+    config = dataclasses.replace(load_config("tiny"), max_iters=45, eval_interval=20)
+    assert eval_steps(config) == [0, 20, 40, 45]
+
+
+def test_training_lowers_the_loss_and_writes_the_run(tmp_path, small_text_file):
+    lines: list[str] = []
+    result = train(tiny(tmp_path, small_text_file, max_iters=60, eval_interval=30, sample_chars=20), log=lines.append)
+    run = tmp_path / "run"
+    assert sorted(p.name for p in run.iterdir()) == ["config.json", "loss.png", "metrics.jsonl", "params",
+                                                     "tokenizer.json"]
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == [0, 30, 60]
+    assert records[-1]["val_loss"] < records[0]["val_loss"] - 0.3
+    assert records[-1]["tokens_per_sec"] > 0
+    assert lines[0].endswith(" M parameters")
+    assert lines[1] == f"step 0: train loss {records[0]['train_loss']:.4f}, val loss {records[0]['val_loss']:.4f}"
+    assert len(lines[-1]) == 20  # the sample
+    config, params, tokenizer = checkpoint.load(run)
+    assert config.model.vocab_size == tokenizer.vocab_size == result.dataset.tokenizer.vocab_size
+    for a, b in zip(jax.tree_util.tree_leaves(params), jax.tree_util.tree_leaves(result.state.params), strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_same_seed_same_run_other_seed_other_run(tmp_path, small_text_file):
+    first = train(tiny(tmp_path / "a", small_text_file, max_iters=10, eval_interval=5), log=lambda _: None)
+    again = train(tiny(tmp_path / "b", small_text_file, max_iters=10, eval_interval=5), log=lambda _: None)
+    other = train(tiny(tmp_path / "c", small_text_file, max_iters=10, eval_interval=5, seed=7), log=lambda _: None)
+    assert first.history == [dict(r, tokens_per_sec=r2["tokens_per_sec"]) for r, r2 in
+                             zip(again.history, first.history, strict=True)]
+    assert first.history[-1]["val_loss"] != other.history[-1]["val_loss"]
+
+
+def test_bigram_trains(tmp_path, small_text_file):
+    config = dataclasses.replace(load_config("bigram"), data_path=str(small_text_file), out_dir=str(tmp_path / "r"),
+                                 progress=False, max_iters=30, eval_interval=15, eval_iters=5, sample_chars=10)
+    result = train(config, log=lambda _: None)
+    assert result.history[-1]["val_loss"] < result.history[0]["val_loss"]
+
+
+def test_refuses_a_non_empty_out_dir(tmp_path, small_text_file):
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "metrics.jsonl").write_text("precious\n")
+    with pytest.raises(UsageError, match="is not empty; choose another --out_dir or pass --overwrite"):
+        train(tiny(tmp_path, small_text_file), log=lambda _: None)
+    assert (tmp_path / "run" / "metrics.jsonl").read_text() == "precious\n"
+
+
+def test_cli_end_to_end_on_tiny(tmp_path, small_text_file):
+    env = {**os.environ, "JAXGPT_DATA": str(small_text_file)}
+    result = subprocess.run([sys.executable, "-m", "jaxgpt.train", "--config=tiny", f"--out_dir={tmp_path / 'run'}",
+                             "--progress=false"], capture_output=True, text=True, env=env, timeout=300)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0] == "0.030017 M parameters" or lines[0].endswith("M parameters")
+    assert [line.split(":")[0] for line in lines[1:4]] == ["step 0", "step 20", "step 40"]
+    records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert {"step", "train_loss", "val_loss", "tokens_per_sec"} <= records[-1].keys()
+    assert (tmp_path / "run" / "loss.png").stat().st_size > 1000
