@@ -29,5 +29,9 @@ def load(out_dir: str | os.PathLike) -> tuple[TrainConfig, dict, CharTokenizer]:
             raise UsageError(f"{out_dir} is not a jaxgpt run directory: {name} is missing")
     config = TrainConfig.load(out_dir / "config.json")
     with ocp.StandardCheckpointer() as checkpointer:
-        params = checkpointer.restore(out_dir / PARAMS_DIR)
-    return config, jax.tree_util.tree_map(jax.numpy.asarray, params), CharTokenizer.load(out_dir / "tokenizer.json")
+        # onto this process's first device, whatever mesh the run was sharded over
+        device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+        saved = checkpointer.metadata(out_dir / PARAMS_DIR).item_metadata
+        target = jax.tree_util.tree_map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device), saved)
+        params = checkpointer.restore(out_dir / PARAMS_DIR, target)
+    return config, params, CharTokenizer.load(out_dir / "tokenizer.json")

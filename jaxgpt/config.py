@@ -52,9 +52,12 @@ class TrainConfig:
     # reporting
     sample_chars: int = 500  # length of the sample printed at the end
     progress: bool = True  # progress bar between evaluations
+    # scaling out (jaxgpt/sharding.py): data parallel over all devices; fsdp also shards params and optimizer state
+    fsdp: int = 1  # devices that share one copy of the parameters; must divide the device count
+    multihost: bool = False  # join other processes with jax.distributed.initialize (TPU pods, clusters)
 
     def __post_init__(self) -> None:
-        positive = ("batch_size", "eval_interval", "eval_iters", "learning_rate", "eps")
+        positive = ("batch_size", "eval_interval", "eval_iters", "learning_rate", "eps", "fsdp")
         non_negative = ("max_iters", "weight_decay", "warmup_iters", "min_lr", "grad_clip", "sample_chars")
         for name in positive:
             if getattr(self, name) <= 0:

@@ -7,6 +7,7 @@ Every random draw derives from (seed, step): batches and dropout masks of step s
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import sys
 import time
@@ -22,7 +23,7 @@ import optax
 from flax import struct
 from tqdm.auto import tqdm
 
-from jaxgpt import checkpoint
+from jaxgpt import checkpoint, sharding
 from jaxgpt.cli import parse_train_args
 from jaxgpt.config import TrainConfig
 from jaxgpt.data import Dataset, get_batch, load_dataset
@@ -66,32 +67,38 @@ def cross_entropy(logits: jax.Array, targets: jax.Array) -> jax.Array:
     return optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), targets).mean()
 
 
-def make_train_step(config: TrainConfig, model: nn.Module, tx: optax.GradientTransformation) -> Callable:
-    """state, train_data -> (next state, loss): batch, forward, backward and AdamW update, one compiled call."""
-    train_key = stream_key(config.seed, TRAIN_STREAM)
+def make_train_step(config: TrainConfig, model: nn.Module, tx: optax.GradientTransformation,
+                    placement: sharding.Placement) -> Callable:
+    """state, train_data -> (next state, loss): batch, forward, backward and AdamW update, one compiled call.
+
+    The batch is drawn whole (the same on any mesh) and split over the data axes; the state keeps `placement`.
+    """
 
     def loss_fn(params, x, y, dropout_key):
         logits = model.apply({"params": params}, x, deterministic=False, rngs={"dropout": dropout_key})
         return cross_entropy(logits, y)
 
     def train_step(state: TrainState, train_data: jax.Array) -> tuple[TrainState, jax.Array]:
+        train_key = stream_key(config.seed, TRAIN_STREAM)
         batch_key, dropout_key = jax.random.split(jax.random.fold_in(train_key, state.step))
         x, y = get_batch(batch_key, train_data, config.batch_size, config.block_size)  # (B, T) each
+        x, y = placement.constrain_batch(x, y)
         loss, grads = jax.value_and_grad(loss_fn)(state.params, x, y, dropout_key)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         return state.replace(step=state.step + 1, params=params, opt_state=opt_state), loss
 
-    return jax.jit(train_step, donate_argnums=0)
+    shardings = (placement.state, placement.replicated)
+    return jax.jit(train_step, in_shardings=shardings, out_shardings=shardings, donate_argnums=0)
 
 
-def make_estimate_loss(config: TrainConfig, model: nn.Module) -> Callable:
+def make_estimate_loss(config: TrainConfig, model: nn.Module, placement: sharding.Placement) -> Callable:
     """params, data, key -> mean loss over `eval_iters` random batches (dropout off), one compiled call."""
 
     @jax.jit
     def estimate_loss(params, data: jax.Array, key: jax.Array) -> jax.Array:
         def batch_loss(_, batch_key):
-            x, y = get_batch(batch_key, data, config.batch_size, config.block_size)
+            x, y = placement.constrain_batch(*get_batch(batch_key, data, config.batch_size, config.block_size))
             return None, cross_entropy(model.apply({"params": params}, x), y)
 
         _, losses = jax.lax.scan(batch_loss, None, jax.random.split(key, config.eval_iters))
@@ -117,6 +124,9 @@ def prepare_out_dir(config: TrainConfig) -> Path:
     out_dir = Path(config.out_dir)
     if out_dir.exists() and any(out_dir.iterdir()) and not config.overwrite:
         raise UsageError(f"out_dir {str(out_dir)!r} is not empty; choose another --out_dir or pass --overwrite")
+    sharding.sync("out_dir checked")  # every process looks before process 0 writes
+    if not sharding.is_main_process():
+        return out_dir
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
         (out_dir / "metrics.jsonl").write_text("")
@@ -126,25 +136,38 @@ def prepare_out_dir(config: TrainConfig) -> Path:
 
 
 def train(config: TrainConfig, log: Callable[[str], None] = print) -> TrainResult:
-    """Run the lecture's training loop; writes config, tokenizer, metrics, checkpoint and plot to out_dir."""
+    """Run the lecture's training loop; writes config, tokenizer, metrics, checkpoint and plot to out_dir.
+
+    Sharded over all devices of all processes (`--fsdp`, `--multihost`); only process 0 logs and writes files.
+    """
+    sharding.initialize_distributed(config.multihost)
+    main_process = sharding.is_main_process()
+    log = log if main_process else _quiet
     dataset = load_dataset(config.data_path, config.block_size)
     model_config = dataclasses.replace(config.model, vocab_size=dataset.tokenizer.vocab_size)
     config = dataclasses.replace(config, model=model_config)
+    mesh = sharding.make_mesh(config.fsdp)
+    sharding.check_batch_size(config.batch_size, mesh)
     out_dir = prepare_out_dir(config)
-    config.save(out_dir / "config.json")
-    dataset.tokenizer.save(out_dir / "tokenizer.json")
+    if main_process:
+        config.save(out_dir / "config.json")
+        dataset.tokenizer.save(out_dir / "tokenizer.json")
 
     model, tx = build_model(config), make_optimizer(config)
-    state = init_state(config, model, tx)
+    init = functools.partial(init_state, config, model, tx)
+    placement = sharding.Placement.for_state(mesh, jax.eval_shape(init))
+    state = jax.jit(init, out_shardings=placement.state)()  # each device creates only its own slices
     log(f"{count_params(state.params) / 1e6:.6f} M parameters")
-    train_data, val_data = jnp.asarray(dataset.train), jnp.asarray(dataset.val)
-    train_step, estimate_loss = make_train_step(config, model, tx), make_estimate_loss(config, model)
+    train_data, val_data = placement.replicate(dataset.train), placement.replicate(dataset.val)
+    train_step = make_train_step(config, model, tx, placement)
+    estimate_loss = make_estimate_loss(config, model, placement)
     eval_key, lr_schedule = stream_key(config.seed, EVAL_STREAM), learning_rate_schedule(config)
     tokens_per_step = config.batch_size * config.block_size
 
     train_step = train_step.lower(state, train_data).compile()  # compile once, before the clock starts
     history: list[dict[str, float]] = []
-    bar = tqdm(total=config.max_iters, disable=not config.progress, dynamic_ncols=True, leave=False, file=sys.stderr)
+    bar = tqdm(total=config.max_iters, disable=not (config.progress and main_process), dynamic_ncols=True,
+               leave=False, file=sys.stderr)
     step = 0
     for target in eval_steps(config):
         tic, first = time.perf_counter(), step
@@ -169,19 +192,23 @@ def train(config: TrainConfig, log: Callable[[str], None] = print) -> TrainResul
             raise JaxgptError(f"loss became {record['train_loss']} at step {step}; "
                               "lower --learning_rate or set --grad_clip")
         history.append(record)
-        with open(out_dir / "metrics.jsonl", "a", encoding="utf-8") as f:
-            f.write(json.dumps(record) + "\n")
+        if main_process:
+            with open(out_dir / "metrics.jsonl", "a", encoding="utf-8") as f:
+                f.write(json.dumps(record) + "\n")
         bar.clear()
         log(f"step {step}: train loss {record['train_loss']:.4f}, val loss {record['val_loss']:.4f}")
     bar.close()
 
-    checkpoint.save_params(out_dir, state.params)
-    plot_path = write_loss_plot(out_dir)
-    if plot_path is None:
+    checkpoint.save_params(out_dir, state.params)  # every process: orbax coordinates multi-host saves
+    if main_process and write_loss_plot(out_dir) is None:
         log("matplotlib is not installed: no loss plot (pip install 'jaxgpt[plot]')")
     if config.sample_chars:
         log(sample_text(config, model, state.params, dataset.tokenizer))
     return TrainResult(state, dataset, config, history)
+
+
+def _quiet(_: str) -> None:
+    """The log of processes other than 0."""
 
 
 def sample_text(config: TrainConfig, model: nn.Module, params, tokenizer) -> str:
