@@ -128,7 +128,7 @@ def initialize_distributed(flag: bool) -> None:
         return
     try:
         jax.distributed.initialize(num_processes=_env_int(NUM_PROCESSES_ENV), process_id=_env_int(PROCESS_ID_ENV))
-    except ValueError as err:  # JAX could not work out the coordinator, process count or id
+    except (ValueError, RuntimeError) as err:  # no coordinator, process count or id; or jax already started
         raise UsageError(f"multi-host start-up failed ({err}); run on a TPU pod or a cluster JAX detects, or set "
                          f"JAX_COORDINATOR_ADDRESS=host:port, {NUM_PROCESSES_ENV} and {PROCESS_ID_ENV}") from None
 
