@@ -11,6 +11,7 @@ so the parameter comparison would measure that noise rather than the sharding.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import os
 import socket
@@ -28,9 +29,12 @@ from hypothesis import strategies as st
 from jax.sharding import AbstractMesh, AxisType, PartitionSpec
 
 from jaxgpt import checkpoint, sharding
+from jaxgpt.config import load_config
 from jaxgpt.errors import UsageError, run_cli
-from jaxgpt.train import main
+from jaxgpt.optim import make_optimizer
+from jaxgpt.train import build_model, init_state, main
 
+MESH_4x2 = AbstractMesh((4, 2), ("data", "fsdp"), axis_types=(AxisType.Auto,) * 2)  # shapes only, no devices
 RTOL = 1e-5  # relative: losses elementwise, parameters per tensor in L2 norm
 STEPS = 20
 RUN_TIMEOUT_S = 420  # a hung collective must fail the test, not stall CI
@@ -66,8 +70,21 @@ def test_param_spec_property(shape, fsdp):
         assert not sharded
 
 
+def test_placement_shards_params_and_adam_moments_alike():
+    config = load_config("tiny")
+    model, tx = build_model(config), make_optimizer(config)
+    abstract_state = jax.eval_shape(functools.partial(init_state, config, model, tx))
+    placement = sharding.Placement.for_state(MESH_4x2, abstract_state)
+    specs = jax.tree_util.tree_map(lambda named: named.spec, placement.state)
+    adam = specs.opt_state[0]  # ScaleByAdamState(count, mu, nu)
+    assert adam.mu == adam.nu == specs.params
+    assert specs.params["blocks_0"]["ffwd"]["fc"] == {"kernel": PartitionSpec(None, "fsdp"), "bias": PartitionSpec()}
+    assert specs.params["token_embedding_table"]["embedding"] == PartitionSpec(None, "fsdp")  # (65, 32)
+    assert specs.step == adam.count == PartitionSpec()
+
+
 def test_batch_size_must_split_over_the_batch_axes():
-    mesh = AbstractMesh((4, 2), ("data", "fsdp"), axis_types=(AxisType.Auto,) * 2)
+    mesh = MESH_4x2
     sharding.check_batch_size(16, mesh)
     with pytest.raises(UsageError, match=r"batch_size 12 does not split over 8 devices \(data 4 x fsdp 2\); "
                                          r"use a multiple of 8, e.g. --batch_size=8 or 16"):
