@@ -19,10 +19,14 @@ import jax.numpy as jnp
 
 from jaxgpt.errors import UsageError
 
-Activation = Literal["relu", "gelu_tanh"]
+Activation = Literal["relu", "gelu", "gelu_tanh"]
 
 _weight_init = nn.initializers.normal(stddev=0.02)  # the lecture's _init_weights
-_ACTIVATIONS = {"relu": nn.relu, "gelu_tanh": lambda x: nn.gelu(x, approximate=True)}
+_ACTIVATIONS = {
+    "relu": nn.relu,
+    "gelu": lambda x: nn.gelu(x, approximate=False),  # torch.nn.GELU() (nanoGPT)
+    "gelu_tanh": lambda x: nn.gelu(x, approximate=True),  # GPT-2's "gelu_new"
+}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -35,7 +39,7 @@ class GPTConfig:
     n_head: int = 6
     n_embd: int = 384
     dropout: float = 0.2
-    activation: Activation = "relu"  # "gelu_tanh" for the GPT-2 family
+    activation: Activation = "relu"  # "gelu" for nanoGPT, "gelu_tanh" for Hugging Face GPT-2
     tie_embeddings: bool = False  # lm_head reuses the token embedding (GPT-2)
     bias: bool = True  # biases in attention projection, MLP and LayerNorm
     qkv_bias: bool = False  # biases in the query/key/value projections (GPT-2: True)
@@ -72,7 +76,7 @@ def _dense(features: int, name: str, use_bias: bool = True) -> nn.Dense:
 
 
 def _layer_norm(config: GPTConfig, name: str) -> nn.LayerNorm:
-    return nn.LayerNorm(epsilon=config.layer_norm_eps, use_bias=config.bias, name=name)
+    return nn.LayerNorm(epsilon=config.layer_norm_eps, use_bias=config.bias, use_fast_variance=False, name=name)
 
 
 class CausalSelfAttention(nn.Module):
