@@ -193,7 +193,7 @@ def _count_indexed(keys: list[str], pattern: str) -> int:
 
 def _is_tied(state_dict: Mapping[str, np.ndarray]) -> bool:
     head = state_dict.get(_TIED_HEAD)
-    return head is None or np.array_equal(head, state_dict["transformer.wte.weight"])
+    return head is None or np.array_equal(_to_numpy(head), _to_numpy(state_dict["transformer.wte.weight"]))
 
 
 def infer_config(state_dict: Mapping[str, Any], n_head: int | None = None, dropout: float = 0.0) -> GPTConfig:
@@ -227,14 +227,14 @@ def infer_config(state_dict: Mapping[str, Any], n_head: int | None = None, dropo
 
 def _check_tensors(state_dict: Mapping[str, np.ndarray], rules: list[_Rule], config: GPTConfig,
                    layout: Layout) -> None:
-    """Every expected key present with its shape, and nothing else but buffers (and the tied lm_head)."""
+    """Every expected key present with its shape, and nothing else but the tied lm_head (buffers are gone)."""
     expected: dict[str, tuple[int, ...]] = {}
     jax_shapes = _param_shapes(config)
     for rule in rules:
         shapes = rule.torch_shapes([jax_shapes[path] for path in rule.jax_paths])
         expected.update(zip(rule.torch_keys, shapes, strict=True))
     ignored = {_TIED_HEAD} if layout != "lecture" and config.tie_embeddings else set()
-    present = {key for key in state_dict if not _BUFFER.fullmatch(key) and key not in ignored}
+    present = state_dict.keys() - ignored
     missing, extra = sorted(expected.keys() - present), sorted(present - expected.keys())
     if missing:
         more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
@@ -255,9 +255,9 @@ def from_torch_state_dict(state_dict: Mapping[str, Any], *, n_head: int | None =
     `n_head`, so it must be given for them. `dropout` is not recorded either and goes into the config as given.
     """
     state_dict = _normalize_keys(state_dict)
-    layout = detect_layout(state_dict)
-    config = infer_config(state_dict, n_head, dropout)
     tensors = {key: _to_numpy(value) for key, value in state_dict.items() if not _BUFFER.fullmatch(key)}
+    layout = detect_layout(tensors)
+    config = infer_config(tensors, n_head, dropout)
     rules = _rules(config, layout)
     _check_tensors(tensors, rules, config, layout)
     flat = {}
@@ -320,7 +320,7 @@ def load_torch_checkpoint(path: str | os.PathLike) -> tuple[dict, dict[str, Any]
     try:
         import torch
     except ImportError:
-        raise UsageError("reading a PyTorch checkpoint needs torch: pip install torch") from None
+        raise UsageError("reading a PyTorch checkpoint needs torch: pip install 'jaxgpt[convert]'") from None
     if not Path(path).is_file():
         raise UsageError(f"{path} is not a file; give a .pt file written by torch.save")
     try:
@@ -395,8 +395,8 @@ def main(argv: list[str] | None = None) -> None:
     if args.n_head is not None and hints.get("n_head", args.n_head) != args.n_head:
         raise UsageError(f"--n_head={args.n_head} contradicts the checkpoint's model_args n_head={hints['n_head']}")
     layout = detect_layout(state_dict)
-    model_config, params = from_torch_state_dict(state_dict, n_head=args.n_head or hints.get("n_head"),
-                                                 dropout=hints.get("dropout", 0.0))
+    n_head = args.n_head if args.n_head is not None else hints.get("n_head")
+    model_config, params = from_torch_state_dict(state_dict, n_head=n_head, dropout=hints.get("dropout", 0.0))
     tokenizer, text_path = load_tokenizer(args.tokenizer)
     if tokenizer.vocab_size != model_config.vocab_size:
         raise UsageError(f"the tokenizer has {tokenizer.vocab_size} characters but the model's vocabulary has "
