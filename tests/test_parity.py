@@ -28,6 +28,7 @@ from hypothesis import strategies as st
 from torch.nn import functional as F
 from torch_models import layout_config, random_params, torch_grads, torch_logits, torch_model
 
+from jaxgpt import sharding
 from jaxgpt.config import TrainConfig
 from jaxgpt.convert import to_torch_state_dict
 from jaxgpt.data import get_batch
@@ -231,8 +232,9 @@ def test_train_step_matches_pytorch_training(shakespeare_text):
     data = jnp.asarray([chars.index(ch) for ch in shakespeare_text[:5000]], jnp.int32)
     params = random_params(config.model, np.random.default_rng(0), scale=0.2)
     tx = make_optimizer(config)
-    train_step = make_train_step(config, GPT(config.model), tx)
     state = TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params))
+    placement = sharding.Placement.for_state(sharding.make_mesh(1, jax.devices()[:1]), state)
+    train_step = make_train_step(config, GPT(config.model), tx, placement)
     model = torch_model(config.model, "lecture")
     model.load_state_dict(to_torch_state_dict(params, config.model, "lecture"))
     optimizer = torch.optim.AdamW(model.parameters(), lr=LR)
