@@ -6,8 +6,9 @@ The `lecture` config (10.79M parameters) with random weights, 1-token prompts. C
 tokens (the whole context stays within block_size = 256), and 1 sample x 2000 new tokens (the last 1745 beyond
 it). The "beyond block_size" row is derived: (2000 - 255) / (t_2000 - t_255). jaxgpt's tok/s is the best of
 `--repeats` runs after compiling; its compile time (first call minus best run) is reported separately. PyTorch
-runs each case once. "matvec floor" times a jitted scan of only the batch-1 weight matrix-vector products per
-token: the memory-bound limit for 1 sample on this machine.
+runs each case once. Batch scaling adds jaxgpt with 2 and 4 samples. "weights-only floor" times a jitted scan
+doing only each token's products with the weight matrices (no attention, no sampling): the limit that streaming
+42.5 MB of weights per step sets on this machine.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from torch_reference import GPTLanguageModel, load_jaxgpt_params  # noqa: E402
 
 CASES = [(1, 255), (8, 255), (1, 2000)]  # (samples, new tokens)
+SCALING_BATCHES = [1, 2, 4, 8]  # with 255 new tokens
 
 
 def time_jaxgpt(config: GPTConfig, params, batch: int, new_tokens: int, repeats: int) -> tuple[float, float]:
@@ -55,11 +57,11 @@ def time_torch(model, batch: int, new_tokens: int) -> float:
     return time.perf_counter() - tic
 
 
-def matvec_floor(params, n_layer: int, steps: int = 255) -> float:
-    """Tokens/s of a jitted scan doing only one token's weight matrix-vector products per step."""
+def weights_only_floor(params, n_layer: int, batch: int, steps: int = 255) -> float:
+    """Tokens/s of a jitted scan doing only each token's products with the weight matrices."""
     blocks = [params[f"blocks_{i}"] for i in range(n_layer)]
 
-    def step(x, _):  # x: (C,)
+    def step(x, _):  # x: (batch, C)
         for block in blocks:
             sa, ffwd = block["sa"], block["ffwd"]
             qkv = x @ sa["query"]["kernel"] + x @ sa["key"]["kernel"] + x @ sa["value"]["kernel"]
@@ -68,14 +70,14 @@ def matvec_floor(params, n_layer: int, steps: int = 255) -> float:
         return x + 1e-3 * jnp.mean(x @ params["lm_head"]["kernel"]), None
 
     run = jax.jit(lambda x: jax.lax.scan(step, x, None, length=steps)[0])
-    x = jnp.full((blocks[0]["sa"]["query"]["kernel"].shape[0],), 0.01)
+    x = jnp.full((batch, blocks[0]["sa"]["query"]["kernel"].shape[0]), 0.01)
     run(x).block_until_ready()
     best = float("inf")
-    for _ in range(3):
+    for _ in range(5):
         tic = time.perf_counter()
         run(x).block_until_ready()
         best = min(best, time.perf_counter() - tic)
-    return steps / best
+    return batch * steps / best
 
 
 def main() -> None:
@@ -118,9 +120,13 @@ def main() -> None:
         row(f"{batch} sample(s) x {new_tokens} new", batch * new_tokens, seconds, torch_s, compile_s)
     (short, _, torch_short), (long, _, torch_long) = rows[1, 255], rows[1, 2000]
     row("1 sample beyond block_size (derived)", 2000 - 255, long - short, torch_long - torch_short)
-    scaling = (8 * 255 / rows[8, 255][0]) / (255 / short)
-    print(f"\njaxgpt throughput, 8 samples vs 1: {scaling:.1f}x")
-    print(f"matvec floor (1 sample, weights only): {matvec_floor(params, config.n_layer):.1f} tok/s")
+    rates = {b: b * 255 / rows[b, 255][0] if (b, 255) in rows else
+             b * 255 / time_jaxgpt(config, params, b, 255, args.repeats)[0] for b in SCALING_BATCHES}
+    print("\njaxgpt, 255 new tokens, tok/s by samples: " + ", ".join(f"{b}: {r:.0f}" for b, r in rates.items())
+          + f"  (8 vs 1: {rates[8] / rates[1]:.1f}x)")
+    floors = {b: weights_only_floor(params, config.n_layer, b) for b in (1, 8)}
+    print(f"weights-only floor, tok/s: 1 sample {floors[1]:.0f}, 8 samples {floors[8]:.0f}"
+          f"  (8 vs 1: {floors[8] / floors[1]:.1f}x)")
     print(f"load average at the end: {os.getloadavg()[0]:.2f}")
 
 

@@ -16,6 +16,7 @@ give the same tokens for the same key:
 from __future__ import annotations
 
 import functools
+import numbers
 import sys
 from pathlib import Path
 from typing import NamedTuple
@@ -74,7 +75,7 @@ def check_generate_args(prompt: jax.Array, max_new_tokens: int, vocab_size: int,
     """Reject bad arguments with a clear message before anything is compiled."""
     if prompt.ndim != 2 or prompt.shape[0] < 1 or prompt.shape[1] < 1:
         raise UsageError(f"prompt must be int tokens of shape (B, T0) with B, T0 >= 1, got shape {prompt.shape}")
-    if not isinstance(max_new_tokens, int) or max_new_tokens < 0:
+    if not isinstance(max_new_tokens, numbers.Integral) or max_new_tokens < 0:
         raise UsageError(f"max_new_tokens must be an int >= 0, got {max_new_tokens!r}")
     if not temperature >= 0:  # also rejects NaN
         raise UsageError(f"temperature must be >= 0, got {temperature}")
@@ -156,7 +157,7 @@ def generate_with_model(model: nn.Module, params, prompt: jax.Array, max_new_tok
     if max_new_tokens == 0:
         return prompt
     return _generate_recompute(model, params, prompt, key, Sampling.of(vocab_size, temperature, top_k, top_p),
-                               block_size=block_size, max_new_tokens=max_new_tokens)
+                               block_size=block_size, max_new_tokens=int(max_new_tokens))
 
 
 def generate(config: GPTConfig, params, prompt: jax.Array, max_new_tokens: int, key: jax.Array, *,
@@ -170,7 +171,7 @@ def generate(config: GPTConfig, params, prompt: jax.Array, max_new_tokens: int, 
     if max_new_tokens == 0:
         return prompt
     return _generate_cached(config, params, prompt, key, Sampling.of(config.vocab_size, temperature, top_k, top_p),
-                            max_new_tokens=max_new_tokens)
+                            max_new_tokens=int(max_new_tokens))
 
 
 def generate_for_run(config: TrainConfig, params, prompt: jax.Array, max_new_tokens: int, key: jax.Array,

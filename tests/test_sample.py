@@ -180,6 +180,7 @@ def test_bigram_model_samples_through_the_recompute_sampler():
     ("prompt", "kwargs", "message"),
     [
         ([[1, 2]], {"max_new_tokens": -1}, "max_new_tokens must be an int >= 0, got -1"),
+        ([[1, 2]], {"max_new_tokens": 2.5}, "max_new_tokens must be an int >= 0, got 2.5"),
         ([[1, 2]], {"top_k": 0}, "top_k must be >= 1, got 0"),
         ([[1, 2]], {"top_p": 0.0}, r"top_p must be in \(0, 1\], got 0.0"),
         ([[1, 2]], {"top_p": 1.5}, r"top_p must be in \(0, 1\], got 1.5"),
