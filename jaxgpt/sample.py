@@ -70,13 +70,17 @@ def draw_token(logits: jax.Array, key: jax.Array, sampling: Sampling) -> jax.Arr
     return jnp.where(greedy, jnp.argmax(logits, axis=-1), drawn).astype(jnp.int32)
 
 
-def check_generate_args(prompt: jax.Array, max_new_tokens: int, vocab_size: int, temperature: float,
-                        top_k: int | None, top_p: float | None) -> None:
+def check_generate_args(prompt: jax.Array, max_new_tokens: int, key: jax.Array, vocab_size: int,
+                        temperature: float, top_k: int | None, top_p: float | None) -> None:
     """Reject bad arguments with a clear message before anything is compiled."""
     if prompt.ndim != 2 or prompt.shape[0] < 1 or prompt.shape[1] < 1:
         raise UsageError(f"prompt must be int tokens of shape (B, T0) with B, T0 >= 1, got shape {prompt.shape}")
     if not isinstance(max_new_tokens, numbers.Integral) or max_new_tokens < 0:
         raise UsageError(f"max_new_tokens must be an int >= 0, got {max_new_tokens!r}")
+    typed_key = isinstance(key, jax.Array) and jnp.issubdtype(key.dtype, jax.dtypes.prng_key) and key.shape == ()
+    raw_key = isinstance(key, jax.Array) and key.dtype == jnp.uint32 and key.shape == (2,)
+    if not (typed_key or raw_key):
+        raise UsageError(f"key must be one PRNG key such as jax.random.key(0), got {key!r}")
     if not temperature >= 0:  # also rejects NaN
         raise UsageError(f"temperature must be >= 0, got {temperature}")
     if top_k is not None and top_k < 1:
@@ -153,7 +157,7 @@ def generate_with_model(model: nn.Module, params, prompt: jax.Array, max_new_tok
                         top_p: float | None = None) -> jax.Array:
     """Sample from any model mapping (B, T) tokens to (B, T, V) logits, rerunning it on <= block_size tokens."""
     prompt = jnp.asarray(prompt, jnp.int32)
-    check_generate_args(prompt, max_new_tokens, vocab_size, temperature, top_k, top_p)
+    check_generate_args(prompt, max_new_tokens, key, vocab_size, temperature, top_k, top_p)
     if max_new_tokens == 0:
         return prompt
     return _generate_recompute(model, params, prompt, key, Sampling.of(vocab_size, temperature, top_k, top_p),
@@ -167,7 +171,7 @@ def generate(config: GPTConfig, params, prompt: jax.Array, max_new_tokens: int, 
     Compiled once per (config, prompt shape, max_new_tokens); other keys and sampling settings reuse it.
     """
     prompt = jnp.asarray(prompt, jnp.int32)
-    check_generate_args(prompt, max_new_tokens, config.vocab_size, temperature, top_k, top_p)
+    check_generate_args(prompt, max_new_tokens, key, config.vocab_size, temperature, top_k, top_p)
     if max_new_tokens == 0:
         return prompt
     return _generate_cached(config, params, prompt, key, Sampling.of(config.vocab_size, temperature, top_k, top_p),

@@ -128,8 +128,8 @@ PROBS = np.array([0.5, 0.2, 0.15, 0.1, 0.05])  # a small fixed distribution, as 
 def test_draws_follow_the_filtered_distribution(sampling, probs):
     n = 20_000
     logits = jnp.broadcast_to(jnp.log(jnp.asarray(PROBS, jnp.float32)), (n, 5))  # n independent rows
-    settings_ = {"top_k": None, "top_p": None, **sampling}
-    tokens = draw_token(logits, jax.random.key(7), Sampling.of(5, **settings_))
+    args = {"top_k": None, "top_p": None, **sampling}
+    tokens = draw_token(logits, jax.random.key(7), Sampling.of(5, **args))
     counts = np.bincount(np.asarray(tokens), minlength=5)
     probs = np.asarray(probs)
     assert (counts[probs == 0] == 0).all()
@@ -169,11 +169,15 @@ def test_filters_keep_the_top_k_then_the_smallest_nucleus(seed, top_k, top_p):
     assert set(np.flatnonzero(np.isfinite(kept))) == set(top)
 
 
-def test_bigram_model_samples_through_the_recompute_sampler():
+def test_recompute_sampler_follows_the_key_rule_for_the_bigram_model():
     model = BigramLanguageModel(vocab_size=7)
     params = model.init(jax.random.key(0), jnp.zeros((1, 4), jnp.int32))["params"]
-    tokens = generate_with_model(model, params, jnp.array([[3]]), 20, jax.random.key(1), block_size=4, vocab_size=7)
-    assert tokens.shape == (1, 21) and int(tokens.min()) >= 0 and int(tokens.max()) < 7
+    key = jax.random.key(1)
+    tokens = generate_with_model(model, params, jnp.array([[3]]), 20, key, block_size=4, vocab_size=7)[0]
+    table = params["token_embedding_table"]["embedding"]  # row t: the logits of the token after t
+    for i in range(20):  # new token i: categorical(fold_in(key, i), logits / temperature), temperature 1
+        expected = jax.random.categorical(jax.random.fold_in(key, i), table[tokens[i]][None] / 1.0, axis=-1)
+        assert int(tokens[i + 1]) == int(expected[0])
 
 
 @pytest.mark.parametrize(
@@ -181,6 +185,8 @@ def test_bigram_model_samples_through_the_recompute_sampler():
     [
         ([[1, 2]], {"max_new_tokens": -1}, "max_new_tokens must be an int >= 0, got -1"),
         ([[1, 2]], {"max_new_tokens": 2.5}, "max_new_tokens must be an int >= 0, got 2.5"),
+        ([[1, 2]], {"key": 0}, r"key must be one PRNG key such as jax.random.key\(0\), got 0"),
+        ([[1, 2]], {"key": jax.random.split(jax.random.key(0))}, "key must be one PRNG key"),
         ([[1, 2]], {"top_k": 0}, "top_k must be >= 1, got 0"),
         ([[1, 2]], {"top_p": 0.0}, r"top_p must be in \(0, 1\], got 0.0"),
         ([[1, 2]], {"top_p": 1.5}, r"top_p must be in \(0, 1\], got 1.5"),
@@ -193,6 +199,6 @@ def test_bigram_model_samples_through_the_recompute_sampler():
     ],
 )
 def test_bad_arguments_fail_before_compiling(prompt, kwargs, message):
-    args = {"max_new_tokens": 5, **kwargs}
+    args = {"max_new_tokens": 5, "key": jax.random.key(0), **kwargs}
     with pytest.raises(UsageError, match=message):  # params=None: any compile would fail differently
-        generate(TINY, None, prompt, args.pop("max_new_tokens"), jax.random.key(0), **args)
+        generate(TINY, None, prompt, args.pop("max_new_tokens"), args.pop("key"), **args)
