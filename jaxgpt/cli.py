@@ -20,7 +20,9 @@ from jaxgpt.model import GPTConfig
 DERIVED_FIELDS = {"vocab_size"}  # set from the data, not by the user
 
 
-class _Parser(argparse.ArgumentParser):
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse whose mistakes raise UsageError (one line, exit status 2) instead of exiting."""
+
     def error(self, message: str) -> typing.NoReturn:
         raise UsageError(message)
 
@@ -70,8 +72,8 @@ def _flag_fields() -> dict[str, tuple[str, Any]]:
     return fields
 
 
-def _build_parser(prog: str, description: str, base: TrainConfig, config_name: str) -> _Parser:
-    parser = _Parser(prog=prog, description=description)
+def _build_parser(prog: str, description: str, base: TrainConfig, config_name: str) -> ArgumentParser:
+    parser = ArgumentParser(prog=prog, description=description)
     parser.add_argument("--config", default=config_name,
                         help="config name in configs/ or path to a .py file (default: %(default)s)")
     model_group = parser.add_argument_group("model (GPTConfig)")
@@ -85,7 +87,8 @@ def _build_parser(prog: str, description: str, base: TrainConfig, config_name: s
     return parser
 
 
-def _check_unknown_flags(argv: list[str], known: set[str]) -> None:
+def check_unknown_flags(argv: list[str], known: set[str]) -> None:
+    """Reject a `--flag` not in `known`, naming the closest known one."""
     for token in argv:
         if not token.startswith("--") or token == "--":
             continue
@@ -99,12 +102,12 @@ def _check_unknown_flags(argv: list[str], known: set[str]) -> None:
 def parse_train_args(argv: list[str], prog: str = "jaxgpt.train", description: str = "",
                      default_config: str = "small") -> TrainConfig:
     """argv -> TrainConfig: the named config with every given flag applied, validated."""
-    pre = _Parser(add_help=False)
+    pre = ArgumentParser(add_help=False)
     pre.add_argument("--config", default=default_config)
     config_name = pre.parse_known_args(argv)[0].config
     base = load_config(config_name)
     parser = _build_parser(prog, description, base, config_name)
-    _check_unknown_flags(argv, {a.dest for a in parser._actions} | {"help"})
+    check_unknown_flags(argv, {a.dest for a in parser._actions} | {"help"})
     args = vars(parser.parse_args(argv))
     fields = _flag_fields()
     model_overrides = {k: v for k, v in args.items() if fields.get(k, ("",))[0] == "model"}

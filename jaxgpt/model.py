@@ -80,12 +80,17 @@ def _layer_norm(config: GPTConfig, name: str) -> nn.LayerNorm:
 
 
 class CausalSelfAttention(nn.Module):
-    """Multi-head masked self-attention: n_head heads of size hs side by side, then a projection."""
+    """Multi-head masked self-attention: n_head heads of size hs side by side, then a projection.
+
+    With `cache_index` (sampling), x holds the tokens at positions cache_index, cache_index + 1, ...; their keys
+    and values are written into the 'cache' collection after those of earlier calls, and the queries attend to
+    every cached position up to their own.
+    """
 
     config: GPTConfig
 
     @nn.compact
-    def __call__(self, x: jax.Array, deterministic: bool = True) -> jax.Array:
+    def __call__(self, x: jax.Array, deterministic: bool = True, cache_index: jax.Array | None = None) -> jax.Array:
         cfg = self.config
         B, T, C = x.shape
         nh, hs = cfg.n_head, cfg.head_size
@@ -93,15 +98,31 @@ class CausalSelfAttention(nn.Module):
         q = _dense(C, "query", cfg.qkv_bias)(x).reshape(B, T, nh, hs)
         k = _dense(C, "key", cfg.qkv_bias)(x).reshape(B, T, nh, hs)
         v = _dense(C, "value", cfg.qkv_bias)(x).reshape(B, T, nh, hs)
+        if cache_index is None:
+            causal = jnp.tril(jnp.ones((T, T), dtype=bool))  # the future does not talk to the past
+        else:
+            k, v, causal = self._extend_cache(k, v, cache_index)  # keys and values (B, block_size, nh, hs)
         # affinities, scaled so that unit-variance q, k give unit-variance scores
-        wei = jnp.einsum("bqhd,bkhd->bhqk", q, k) * hs**-0.5  # (B, nh, T, T)
-        causal = jnp.tril(jnp.ones((T, T), dtype=bool))  # the future does not talk to the past
+        wei = jnp.einsum("bqhd,bkhd->bhqk", q, k) * hs**-0.5  # (B, nh, T, T), or (B, nh, T, block_size) cached
         wei = jnp.where(causal, wei, -jnp.inf)
         wei = jax.nn.softmax(wei, axis=-1)
         wei = nn.Dropout(cfg.dropout)(wei, deterministic=deterministic)
         out = jnp.einsum("bhqk,bkhd->bqhd", wei, v).reshape(B, T, C)  # heads concatenated
         out = _dense(C, "proj", cfg.bias)(out)
         return nn.Dropout(cfg.dropout)(out, deterministic=deterministic)
+
+    def _extend_cache(self, k: jax.Array, v: jax.Array, index: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+        """Write k, v (B, T, nh, hs) at positions index.. of the cache -> (keys, values, mask (T, block_size))."""
+        B, T, nh, hs = k.shape
+        # stored heads-first, the layout the attention matmuls read: no transposed copy of the cache per step
+        shape = (B, nh, self.config.block_size, hs)
+        cached_k = self.variable("cache", "cached_key", jnp.zeros, shape, k.dtype)
+        cached_v = self.variable("cache", "cached_value", jnp.zeros, shape, v.dtype)
+        cached_k.value = jax.lax.dynamic_update_slice_in_dim(cached_k.value, k.swapaxes(1, 2), index, axis=2)
+        cached_v.value = jax.lax.dynamic_update_slice_in_dim(cached_v.value, v.swapaxes(1, 2), index, axis=2)
+        query_pos = index + jnp.arange(T)  # (T,)
+        causal = jnp.arange(self.config.block_size) <= query_pos[:, None]  # (T, block_size)
+        return cached_k.value.swapaxes(1, 2), cached_v.value.swapaxes(1, 2), causal
 
 
 class FeedForward(nn.Module):
@@ -124,28 +145,36 @@ class Block(nn.Module):
     config: GPTConfig
 
     @nn.compact
-    def __call__(self, x: jax.Array, deterministic: bool = True) -> jax.Array:
-        x = x + CausalSelfAttention(self.config, name="sa")(_layer_norm(self.config, "ln1")(x), deterministic)
+    def __call__(self, x: jax.Array, deterministic: bool = True, cache_index: jax.Array | None = None) -> jax.Array:
+        attention = CausalSelfAttention(self.config, name="sa")
+        x = x + attention(_layer_norm(self.config, "ln1")(x), deterministic, cache_index)
         x = x + FeedForward(self.config, name="ffwd")(_layer_norm(self.config, "ln2")(x), deterministic)
         return x
 
 
 class GPT(nn.Module):
-    """The lecture's GPTLanguageModel: idx (B, T) int -> logits (B, T, V)."""
+    """The lecture's GPTLanguageModel: idx (B, T) int -> logits (B, T, V).
+
+    `decode=True` (sampling) continues the tokens of earlier decode calls, whose keys and values the 'cache'
+    collection holds: apply with `mutable=["cache"]`, starting without a cache. The caller keeps the total
+    number of tokens within block_size.
+    """
 
     config: GPTConfig
 
     @nn.compact
-    def __call__(self, idx: jax.Array, deterministic: bool = True) -> jax.Array:
+    def __call__(self, idx: jax.Array, deterministic: bool = True, decode: bool = False) -> jax.Array:
         cfg = self.config
         B, T = idx.shape
         if cfg.block_size < T:
             raise UsageError(f"sequence length {T} exceeds block_size {cfg.block_size}; crop the input")
         wte = nn.Embed(cfg.vocab_size, cfg.n_embd, embedding_init=_weight_init, name="token_embedding_table")
         wpe = nn.Embed(cfg.block_size, cfg.n_embd, embedding_init=_weight_init, name="position_embedding_table")
-        x = wte(idx) + wpe(jnp.arange(T))  # (B, T, C)
+        cache_index = self._advance_cache_index(T) if decode else None  # position of idx[:, 0]
+        pos = jnp.arange(T) if cache_index is None else cache_index + jnp.arange(T)  # (T,)
+        x = wte(idx) + wpe(pos)  # (B, T, C)
         for i in range(cfg.n_layer):
-            x = Block(cfg, name=f"blocks_{i}")(x, deterministic)
+            x = Block(cfg, name=f"blocks_{i}")(x, deterministic, cache_index)
         x = _layer_norm(cfg, "ln_f")(x)
         if cfg.tie_embeddings:
             logits = wte.attend(x)  # (B, T, V)
@@ -153,6 +182,13 @@ class GPT(nn.Module):
                 logits += self.param("lm_head_bias", nn.initializers.zeros, (cfg.vocab_size,))
             return logits
         return _dense(cfg.vocab_size, "lm_head", cfg.lm_head_bias)(x)  # (B, T, V)
+
+    def _advance_cache_index(self, T: int) -> jax.Array:
+        """Number of tokens cached by earlier decode calls; counts this call's T tokens for the next one."""
+        index = self.variable("cache", "index", lambda: jnp.zeros((), jnp.int32))
+        start = index.value
+        index.value = start + T
+        return start
 
 
 class BigramLanguageModel(nn.Module):

@@ -1,98 +1,232 @@
-"""Sampling text from a trained model, every random draw controlled by a PRNG key.
+"""Sampling text from a trained model: `python -m jaxgpt.sample --out_dir=RUN [--prompt=TEXT ...]`.
 
-The new token at position i (0-based among the new tokens) is drawn as
-`jax.random.categorical(jax.random.fold_in(key, i), filtered_logits / temperature)`.
+Every random draw is controlled by a PRNG key: the new token at position i (0-based among the new tokens) is
+`jax.random.categorical(jax.random.fold_in(key, i), filtered_logits / temperature)`, where the top-k / top-p
+filters act on the raw logits; temperature 0 takes the argmax. Both samplers below follow that rule, so they
+give the same tokens for the same key:
+
+- `generate` (GPT): a prefill pass over the prompt fills a per-layer KV cache, then a `lax.scan` adds one token
+  per step, feeding only the newest token. Once the context exceeds block_size, the learned absolute positions
+  of all kept tokens shift with every new token, so each step reruns the model on the last block_size tokens
+  (the lecture's semantics, in the same compiled loop; about block_size times the work of a cached step).
+- `generate_with_model` (any model, e.g. the bigram): the lecture's loop, rerunning the model on the cropped
+  context for every token. The exactness reference for `generate`.
 """
 
 from __future__ import annotations
 
 import functools
+import numbers
+import sys
+from pathlib import Path
+from typing import NamedTuple
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
-from jaxgpt.errors import UsageError
-from jaxgpt.model import GPT, GPTConfig
+from jaxgpt import checkpoint
+from jaxgpt.cli import ArgumentParser, check_unknown_flags
+from jaxgpt.config import TrainConfig
+from jaxgpt.errors import UsageError, run_cli
+from jaxgpt.model import GPT, BigramLanguageModel, GPTConfig
 
-
-def filter_logits(logits: jax.Array, top_k: int | None = None, top_p: float | None = None) -> jax.Array:
-    """Set to -inf every logit outside the top-k and outside the top-p nucleus. logits: (B, V)."""
-    if top_k is not None and top_k < logits.shape[-1]:
-        kth_largest = jax.lax.top_k(logits, top_k)[0][..., -1:]  # (B, 1)
-        logits = jnp.where(logits < kth_largest, -jnp.inf, logits)
-    if top_p is not None and top_p < 1.0:
-        sorted_logits = jnp.sort(logits, axis=-1)[..., ::-1]  # (B, V), descending
-        probs = jax.nn.softmax(sorted_logits, axis=-1)
-        mass_before = jnp.cumsum(probs, axis=-1) - probs  # probability of the tokens ranked above
-        kept = mass_before < top_p  # the smallest prefix whose mass reaches top_p
-        threshold = jnp.min(jnp.where(kept, sorted_logits, jnp.inf), axis=-1, keepdims=True)  # (B, 1)
-        logits = jnp.where(logits < threshold, -jnp.inf, logits)
-    return logits
+RULE = "-" * 40  # printed between samples
 
 
-def draw_token(logits: jax.Array, key: jax.Array, temperature: float, top_k: int | None,
-               top_p: float | None) -> jax.Array:
-    """One token per row of logits (B, V) -> (B,); temperature 0 is greedy."""
-    if temperature == 0.0:
-        return jnp.argmax(logits, axis=-1).astype(jnp.int32)
-    filtered = filter_logits(logits, top_k, top_p)
-    return jax.random.categorical(key, filtered / temperature, axis=-1).astype(jnp.int32)
+class Sampling(NamedTuple):
+    """How tokens are drawn, as arrays: changing them reuses the compiled sampler."""
+
+    temperature: jax.Array  # () float32; 0 means greedy
+    top_k: jax.Array  # () int32; vocab_size keeps every token
+    top_p: jax.Array  # () float32; 1 keeps every token
+
+    @classmethod
+    def of(cls, vocab_size: int, temperature: float, top_k: int | None, top_p: float | None) -> Sampling:
+        top_k = vocab_size if top_k is None else min(top_k, vocab_size)
+        return cls(jnp.float32(temperature), jnp.int32(top_k), jnp.float32(1.0 if top_p is None else top_p))
 
 
-def check_generate_args(prompt: jax.Array, max_new_tokens: int, vocab_size: int, temperature: float,
-                        top_k: int | None, top_p: float | None) -> None:
+def filter_logits(logits: jax.Array, top_k: jax.Array, top_p: jax.Array) -> jax.Array:
+    """Set to -inf every logit outside the top-k, then outside the top-p nucleus of what is left. logits: (B, V)."""
+    V = logits.shape[-1]
+    sorted_logits = jnp.sort(logits, axis=-1)[..., ::-1]  # (B, V), descending
+    in_top_k = jnp.arange(V) < top_k
+    probs = jax.nn.softmax(jnp.where(in_top_k, sorted_logits, -jnp.inf), axis=-1)  # renormalised over the top-k
+    mass_before = jnp.cumsum(probs, axis=-1) - probs  # probability of the tokens ranked above
+    in_nucleus = (mass_before < top_p) | (top_p >= 1.0)  # the smallest prefix whose mass reaches top_p
+    kept = in_top_k & in_nucleus  # a prefix of the sorted logits
+    threshold = jnp.min(jnp.where(kept, sorted_logits, jnp.inf), axis=-1, keepdims=True)  # (B, 1), ties stay
+    return jnp.where(logits < threshold, -jnp.inf, logits)
+
+
+def draw_token(logits: jax.Array, key: jax.Array, sampling: Sampling) -> jax.Array:
+    """One token per row of logits (B, V) -> (B,), drawn in float32; temperature 0 is greedy."""
+    logits = logits.astype(jnp.float32)
+    greedy = sampling.temperature == 0
+    filtered = filter_logits(logits, sampling.top_k, sampling.top_p)
+    drawn = jax.random.categorical(key, filtered / jnp.where(greedy, 1.0, sampling.temperature), axis=-1)
+    return jnp.where(greedy, jnp.argmax(logits, axis=-1), drawn).astype(jnp.int32)
+
+
+def check_generate_args(prompt: jax.Array, max_new_tokens: int, key: jax.Array, vocab_size: int,
+                        temperature: float, top_k: int | None, top_p: float | None) -> None:
     """Reject bad arguments with a clear message before anything is compiled."""
-    if prompt.ndim != 2 or prompt.shape[1] < 1:
-        raise UsageError(f"prompt must be int tokens of shape (B, T0) with T0 >= 1, got shape {prompt.shape}")
-    if max_new_tokens < 0:
-        raise UsageError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
-    if temperature < 0:
+    if prompt.ndim != 2 or prompt.shape[0] < 1 or prompt.shape[1] < 1:
+        raise UsageError(f"prompt must be int tokens of shape (B, T0) with B, T0 >= 1, got shape {prompt.shape}")
+    if not isinstance(max_new_tokens, numbers.Integral) or max_new_tokens < 0:
+        raise UsageError(f"max_new_tokens must be an int >= 0, got {max_new_tokens!r}")
+    typed_key = isinstance(key, jax.Array) and jnp.issubdtype(key.dtype, jax.dtypes.prng_key) and key.shape == ()
+    raw_key = isinstance(key, jax.Array) and key.dtype == jnp.uint32 and key.shape == (2,)
+    if not (typed_key or raw_key):
+        raise UsageError(f"key must be one PRNG key such as jax.random.key(0), got {key!r}")
+    if not temperature >= 0:  # also rejects NaN
         raise UsageError(f"temperature must be >= 0, got {temperature}")
     if top_k is not None and top_k < 1:
         raise UsageError(f"top_k must be >= 1, got {top_k}")
     if top_p is not None and not 0.0 < top_p <= 1.0:
         raise UsageError(f"top_p must be in (0, 1], got {top_p}")
-    if prompt.size and (int(prompt.min()) < 0 or int(prompt.max()) >= vocab_size):
-        low, high = int(prompt.min()), int(prompt.max())
+    low, high = int(prompt.min()), int(prompt.max())
+    if low < 0 or high >= vocab_size:
         raise UsageError(f"prompt token ids must be in [0, {vocab_size}), got values in [{low}, {high}]")
 
 
-@functools.partial(jax.jit, static_argnames=("model", "block_size", "max_new_tokens", "temperature", "top_k", "top_p"))
-def _generate_recompute(model: nn.Module, params, prompt: jax.Array, key: jax.Array, *, block_size: int,
-                        max_new_tokens: int, temperature: float, top_k: int | None,
-                        top_p: float | None) -> jax.Array:
-    """The lecture's generate as one compiled loop: each step reruns the model on the cropped context."""
+def _token_buffer(prompt: jax.Array, max_new_tokens: int) -> jax.Array:
+    """The prompt followed by room for the new tokens: (B, T0 + max_new_tokens)."""
     B, T0 = prompt.shape
-    total = T0 + max_new_tokens
-    window = min(block_size, total)  # static context width fed to the model
-    tokens = jnp.zeros((B, total), jnp.int32).at[:, :T0].set(prompt)  # (B, T0 + new)
+    return jnp.zeros((B, T0 + max_new_tokens), jnp.int32).at[:, :T0].set(prompt)
+
+
+def _recompute_steps(model: nn.Module, params, tokens: jax.Array, key: jax.Array, sampling: Sampling, *,
+                     prompt_len: int, block_size: int, steps: range) -> jax.Array:
+    """Fill in new tokens i for i in `steps`, each from the model rerun on the last <= block_size tokens."""
+    window = min(block_size, tokens.shape[1])  # static context width fed to the model
 
     def step(tokens, i):
-        length = T0 + i  # tokens known so far
+        length = prompt_len + i  # tokens known so far
         start = jnp.maximum(length - window, 0)  # crop to the last block_size tokens
         context = jax.lax.dynamic_slice_in_dim(tokens, start, window, axis=1)  # (B, window)
-        logits = model.apply({"params": params}, context)  # (B, window, V)
+        logits = model.apply({"params": params}, context)  # (B, window, V); causal: padding after length is unseen
         last = jax.lax.dynamic_index_in_dim(logits, length - 1 - start, axis=1, keepdims=False)  # (B, V)
-        new = draw_token(last.astype(jnp.float32), jax.random.fold_in(key, i), temperature, top_k, top_p)
+        new = draw_token(last, jax.random.fold_in(key, i), sampling)  # (B,)
         return jax.lax.dynamic_update_slice_in_dim(tokens, new[:, None], length, axis=1), None
 
-    tokens, _ = jax.lax.scan(step, tokens, jnp.arange(max_new_tokens))
+    tokens, _ = jax.lax.scan(step, tokens, jnp.arange(steps.start, steps.stop))
     return tokens
+
+
+@functools.partial(jax.jit, static_argnames=("model", "block_size", "max_new_tokens"))
+def _generate_recompute(model: nn.Module, params, prompt: jax.Array, key: jax.Array, sampling: Sampling, *,
+                        block_size: int, max_new_tokens: int) -> jax.Array:
+    """The lecture's generate as one compiled loop: each step reruns the model on the cropped context."""
+    tokens = _token_buffer(prompt, max_new_tokens)
+    return _recompute_steps(model, params, tokens, key, sampling, prompt_len=prompt.shape[1], block_size=block_size,
+                            steps=range(max_new_tokens))
+
+
+@functools.partial(jax.jit, static_argnames=("config", "max_new_tokens"))
+def _generate_cached(config: GPTConfig, params, prompt: jax.Array, key: jax.Array, sampling: Sampling, *,
+                     max_new_tokens: int) -> jax.Array:
+    """Prefill the KV cache, decode one token per step while the context fits, then recompute per token."""
+    model, T0 = GPT(config), prompt.shape[1]
+    tokens = _token_buffer(prompt, max_new_tokens)
+    # prefill: the last block_size prompt tokens (the lecture's crop) fill the cache and give new token 0
+    logits, variables = model.apply({"params": params}, prompt[:, -config.block_size:], decode=True,
+                                    mutable=["cache"])  # (B, min(T0, block_size), V)
+    first = draw_token(logits[:, -1], jax.random.fold_in(key, 0), sampling)
+    tokens = tokens.at[:, T0].set(first)
+
+    def cached_step(carry, i):  # new token i: feed token i - 1, attend to the cache
+        tokens, cache = carry
+        previous = jax.lax.dynamic_slice_in_dim(tokens, T0 + i - 1, 1, axis=1)  # (B, 1)
+        logits, variables = model.apply({"params": params, "cache": cache}, previous, decode=True,
+                                        mutable=["cache"])  # (B, 1, V)
+        new = draw_token(logits[:, -1], jax.random.fold_in(key, i), sampling)  # (B,)
+        return (jax.lax.dynamic_update_slice_in_dim(tokens, new[:, None], T0 + i, axis=1), variables["cache"]), None
+
+    n_cached = min(max_new_tokens, max(config.block_size - T0, 0) + 1)  # new tokens whose context fits the cache
+    (tokens, _), _ = jax.lax.scan(cached_step, (tokens, variables["cache"]), jnp.arange(1, n_cached))
+    # beyond block_size: every kept token's position shifts, so the window is recomputed for each new token
+    return _recompute_steps(model, params, tokens, key, sampling, prompt_len=T0, block_size=config.block_size,
+                            steps=range(n_cached, max_new_tokens))
 
 
 def generate_with_model(model: nn.Module, params, prompt: jax.Array, max_new_tokens: int, key: jax.Array, *,
                         block_size: int, vocab_size: int, temperature: float = 1.0, top_k: int | None = None,
                         top_p: float | None = None) -> jax.Array:
-    """Sample from any model mapping (B, T) tokens to (B, T, V) logits, conditioning on <= block_size tokens."""
+    """Sample from any model mapping (B, T) tokens to (B, T, V) logits, rerunning it on <= block_size tokens."""
     prompt = jnp.asarray(prompt, jnp.int32)
-    check_generate_args(prompt, max_new_tokens, vocab_size, temperature, top_k, top_p)
-    return _generate_recompute(model, params, prompt, key, block_size=block_size, max_new_tokens=max_new_tokens,
-                               temperature=float(temperature), top_k=top_k, top_p=top_p)
+    check_generate_args(prompt, max_new_tokens, key, vocab_size, temperature, top_k, top_p)
+    if max_new_tokens == 0:
+        return prompt
+    return _generate_recompute(model, params, prompt, key, Sampling.of(vocab_size, temperature, top_k, top_p),
+                               block_size=block_size, max_new_tokens=int(max_new_tokens))
 
 
 def generate(config: GPTConfig, params, prompt: jax.Array, max_new_tokens: int, key: jax.Array, *,
              temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None) -> jax.Array:
-    """Continue each row of `prompt` (B, T0) by `max_new_tokens` tokens -> (B, T0 + max_new_tokens)."""
-    return generate_with_model(GPT(config), params, prompt, max_new_tokens, key, block_size=config.block_size,
-                               vocab_size=config.vocab_size, temperature=temperature, top_k=top_k, top_p=top_p)
+    """Continue each row of `prompt` (B, T0) by `max_new_tokens` tokens -> (B, T0 + max_new_tokens), KV-cached.
+
+    Compiled once per (config, prompt shape, max_new_tokens); other keys and sampling settings reuse it.
+    """
+    prompt = jnp.asarray(prompt, jnp.int32)
+    check_generate_args(prompt, max_new_tokens, key, config.vocab_size, temperature, top_k, top_p)
+    if max_new_tokens == 0:
+        return prompt
+    return _generate_cached(config, params, prompt, key, Sampling.of(config.vocab_size, temperature, top_k, top_p),
+                            max_new_tokens=int(max_new_tokens))
+
+
+def generate_for_run(config: TrainConfig, params, prompt: jax.Array, max_new_tokens: int, key: jax.Array,
+                     **sampling) -> jax.Array:
+    """Sample from a training run's model: `generate` for a GPT, `generate_with_model` for the bigram model."""
+    if config.model_type == "bigram":
+        model = BigramLanguageModel(config.model.vocab_size)
+        return generate_with_model(model, params, prompt, max_new_tokens, key, block_size=config.block_size,
+                                   vocab_size=config.model.vocab_size, **sampling)
+    return generate(config.model, params, prompt, max_new_tokens, key, **sampling)
+
+
+def _optional(convert):
+    return lambda raw: None if raw.lower() in ("none", "") else convert(raw)
+
+
+def parse_sample_args(argv: list[str]) -> dict:
+    parser = ArgumentParser(prog="python -m jaxgpt.sample", description=__doc__.splitlines()[0])
+    parser.add_argument("--out_dir", required=True, help="directory of a training run")
+    parser.add_argument("--prompt", default="\n", help="text to continue (default: a newline, like the lecture)")
+    parser.add_argument("--num_samples", type=int, default=3, help="independent samples (default: %(default)s)")
+    parser.add_argument("--max_new_tokens", type=int, default=500, help="characters per sample (default: %(default)s)")
+    parser.add_argument("--temperature", type=float, default=1.0,
+                        help="0 is greedy; 1 (default) samples the model's distribution, like the lecture")
+    parser.add_argument("--top_k", type=_optional(int), default=None, help="keep the k most likely tokens")
+    parser.add_argument("--top_p", type=_optional(float), default=None, help="keep the nucleus of mass p")
+    parser.add_argument("--seed", type=int, default=1337, help="the samples' PRNG seed (default: %(default)s)")
+    check_unknown_flags(argv, {action.dest for action in parser._actions} | {"help"})
+    args = vars(parser.parse_args(argv))
+    if args["num_samples"] < 1:
+        raise UsageError(f"--num_samples must be >= 1, got {args['num_samples']}")
+    if not args["prompt"]:
+        raise UsageError("--prompt must not be empty; leave it out to start from a newline")
+    return args
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_sample_args(sys.argv[1:] if argv is None else argv)
+    if not Path(args["out_dir"]).is_dir():
+        raise UsageError(f"--out_dir {args['out_dir']!r} does not exist; pass the out_dir of a training run")
+    config, params, tokenizer = checkpoint.load(args["out_dir"])
+    try:
+        prompt_ids = tokenizer.encode(args["prompt"])
+    except UsageError as err:
+        raise UsageError(f"--prompt has {err}") from None
+    prompt = jnp.asarray([prompt_ids] * args["num_samples"], jnp.int32)  # (num_samples, T0)
+    tokens = generate_for_run(config, params, prompt, args["max_new_tokens"], jax.random.key(args["seed"]),
+                              temperature=args["temperature"], top_k=args["top_k"], top_p=args["top_p"])
+    samples = [tokenizer.decode(row) for row in np.asarray(tokens)]
+    print(f"\n{RULE}\n".join(samples))
+
+
+if __name__ == "__main__":
+    run_cli(main)

@@ -31,7 +31,7 @@ from jaxgpt.errors import JaxgptError, UsageError, run_cli
 from jaxgpt.model import GPT, BigramLanguageModel, count_params
 from jaxgpt.optim import learning_rate_schedule, make_optimizer
 from jaxgpt.plot import write_loss_plot
-from jaxgpt.sample import generate_with_model
+from jaxgpt.sample import generate_for_run
 
 # Independent streams derived from the seed.
 INIT_STREAM, TRAIN_STREAM, EVAL_STREAM, SAMPLE_STREAM = range(4)
@@ -203,7 +203,7 @@ def train(config: TrainConfig, log: Callable[[str], None] = print) -> TrainResul
     if main_process and write_loss_plot(out_dir) is None:
         log("matplotlib is not installed: no loss plot (pip install 'jaxgpt[plot]')")
     if config.sample_chars:
-        log(sample_text(config, model, state.params, dataset.tokenizer))
+        log(sample_text(config, state.params, dataset.tokenizer))
     return TrainResult(state, dataset, config, history)
 
 
@@ -211,11 +211,10 @@ def _quiet(_: str) -> None:
     """The log of processes other than 0."""
 
 
-def sample_text(config: TrainConfig, model: nn.Module, params, tokenizer) -> str:
-    """`sample_chars` characters continuing a newline, drawn with the run's sample key."""
+def sample_text(config: TrainConfig, params, tokenizer) -> str:
+    """`sample_chars` characters continuing a newline, drawn with the run's sample key (as `jaxgpt.sample` does)."""
     prompt = jnp.asarray([tokenizer.encode("\n")], jnp.int32)
-    tokens = generate_with_model(model, params, prompt, config.sample_chars, stream_key(config.seed, SAMPLE_STREAM),
-                                 block_size=config.block_size, vocab_size=tokenizer.vocab_size)
+    tokens = generate_for_run(config, params, prompt, config.sample_chars, stream_key(config.seed, SAMPLE_STREAM))
     return tokenizer.decode(tokens[0, 1:])
 
 

@@ -7,6 +7,7 @@ Hyperparameters are constructor arguments instead of globals.
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 import torch.nn as nn
 from torch.nn import functional as F
@@ -118,3 +119,44 @@ class GPTLanguageModel(nn.Module):
             probs = F.softmax(logits[:, -1, :], dim=-1)  # (B, V)
             idx = torch.cat((idx, torch.multinomial(probs, num_samples=1)), dim=1)
         return idx
+
+
+def load_jaxgpt_params(model: GPTLanguageModel, params) -> GPTLanguageModel:
+    """Copy a jaxgpt GPT's params (lecture switches) into `model`: kernels transposed, heads split."""
+    n_head = len(model.blocks[0].sa.heads)
+
+    def tensor(array) -> torch.Tensor:
+        return torch.from_numpy(np.array(array, dtype=np.float32))
+
+    def linear(dense, prefix: str) -> dict[str, torch.Tensor]:
+        out = {f"{prefix}.weight": tensor(dense["kernel"]).T}
+        if "bias" in dense:
+            out[f"{prefix}.bias"] = tensor(dense["bias"])
+        return out
+
+    def layer_norm(ln, prefix: str) -> dict[str, torch.Tensor]:
+        return {f"{prefix}.weight": tensor(ln["scale"]), f"{prefix}.bias": tensor(ln["bias"])}
+
+    state = {
+        "token_embedding_table.weight": tensor(params["token_embedding_table"]["embedding"]),
+        "position_embedding_table.weight": tensor(params["position_embedding_table"]["embedding"]),
+        **layer_norm(params["ln_f"], "ln_f"),
+        **linear(params["lm_head"], "lm_head"),
+    }
+    n_layer = sum(name.startswith("blocks_") for name in params)
+    for i in range(n_layer):
+        block, prefix = params[f"blocks_{i}"], f"blocks.{i}"
+        C = block["sa"]["query"]["kernel"].shape[0]
+        hs = C // n_head
+        for h in range(n_head):  # jaxgpt's (C, C) projections hold the heads side by side in their outputs
+            for name in ("key", "query", "value"):
+                kernel = tensor(block["sa"][name]["kernel"])  # (C, C)
+                state[f"{prefix}.sa.heads.{h}.{name}.weight"] = kernel[:, h * hs:(h + 1) * hs].T
+        state.update(linear(block["sa"]["proj"], f"{prefix}.sa.proj"))
+        state.update(linear(block["ffwd"]["fc"], f"{prefix}.ffwd.net.0"))
+        state.update(linear(block["ffwd"]["proj"], f"{prefix}.ffwd.net.2"))
+        state.update(layer_norm(block["ln1"], f"{prefix}.ln1"))
+        state.update(layer_norm(block["ln2"], f"{prefix}.ln2"))
+    missing = model.load_state_dict(state, strict=False).missing_keys
+    assert all(key.endswith(".tril") for key in missing), missing  # only the causal-mask buffers keep theirs
+    return model

@@ -1,0 +1,90 @@
+"""`python -m jaxgpt.sample`: samples from a tiny trained run, and one-line errors with exit status 2."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+
+from jaxgpt import checkpoint
+from jaxgpt.config import load_config
+from jaxgpt.errors import run_cli
+from jaxgpt.sample import RULE, generate_for_run, main
+from jaxgpt.train import train
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory, shakespeare_text):
+    data = tmp_path_factory.mktemp("data") / "small.txt"
+    data.write_text(shakespeare_text[:20_000], encoding="utf-8")
+    out_dir = tmp_path_factory.mktemp("run")
+    config = dataclasses.replace(load_config("tiny"), data_path=str(data), out_dir=str(out_dir), overwrite=True,
+                                 progress=False, sample_chars=0, max_iters=20, eval_interval=20, eval_iters=2)
+    train(config, log=lambda _: None)
+    return out_dir
+
+
+def sample(capsys, argv: list[str]) -> list[str]:
+    main(argv)
+    return capsys.readouterr().out.removesuffix("\n").split(f"\n{RULE}\n")
+
+
+def test_prints_the_samples_of_generate_separated_by_a_rule(run_dir, capsys):
+    argv = [f"--out_dir={run_dir}", "--prompt=ROMEO:", "--num_samples=2", "--max_new_tokens=40", "--seed=3",
+            "--temperature=0.9", "--top_k=20", "--top_p=0.95"]
+    samples = sample(capsys, argv)
+    assert len(samples) == 2 and samples[0] != samples[1]
+    assert all(s.startswith("ROMEO:") and len(s) == len("ROMEO:") + 40 for s in samples)
+    assert sample(capsys, argv) == samples  # the seed fixes the samples
+    config, params, tokenizer = checkpoint.load(run_dir)
+    prompt = np.array([tokenizer.encode("ROMEO:")] * 2)
+    tokens = generate_for_run(config, params, prompt, 40, jax.random.key(3), temperature=0.9, top_k=20, top_p=0.95)
+    assert samples == [tokenizer.decode(row) for row in np.asarray(tokens)]
+
+
+def test_default_prompt_is_a_newline(run_dir, capsys):
+    (text,) = sample(capsys, [f"--out_dir={run_dir}", "--num_samples=1", "--max_new_tokens=10"])
+    assert text.startswith("\n") and len(text) == 11
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        ([], "the following arguments are required: --out_dir"),
+        (["--out_dir=RUN", "--prompt=Hi {there} ☃"], "--prompt has characters not in the vocabulary: '{}☃'"),
+        (["--out_dir=RUN", "--prompt="], "--prompt must not be empty"),
+        (["--out_dir=RUN", "--top_p=1.5"], r"top_p must be in (0, 1], got 1.5"),
+        (["--out_dir=RUN", "--top_k=0"], "top_k must be >= 1, got 0"),
+        (["--out_dir=RUN", "--num_samples=0"], "--num_samples must be >= 1, got 0"),
+        (["--out_dir=RUN", "--max_new_tokens=-3"], "max_new_tokens must be an int >= 0, got -3"),
+        (["--out_dir=RUN", "--temprature=0.5"], "unknown flag --temprature; did you mean --temperature?"),
+        (["--out_dir=RUN/missing"], "/missing' does not exist; pass the out_dir of a training run"),
+    ],
+)
+def test_mistakes_are_one_line_with_exit_status_2(run_dir, capsys, flags, message):
+    argv = [flag.replace("RUN", str(run_dir)) for flag in flags]
+    with pytest.raises(SystemExit) as exit_info:
+        run_cli(main, argv)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("error: ") and message in err
+
+
+def test_a_directory_that_is_not_a_run_is_one_line(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        run_cli(main, [f"--out_dir={tmp_path}"])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and err.count("\n") == 1 and str(tmp_path) in err
+
+
+def test_module_runs_from_the_command_line(run_dir):
+    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+    done = subprocess.run([sys.executable, "-m", "jaxgpt.sample", f"--out_dir={run_dir}", "--max_new_tokens=5"],
+                          capture_output=True, text=True, env=env, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.count(RULE) == 2  # three samples
