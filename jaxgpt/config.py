@@ -11,6 +11,7 @@ import importlib
 import importlib.resources
 import importlib.util
 import json
+import math
 import os
 from pathlib import Path
 from typing import Any, Literal
@@ -49,6 +50,10 @@ class TrainConfig:
     warmup_iters: int = 0  # linear warmup from 0, with either schedule
     min_lr: float = 0.0  # where cosine decay ends
     grad_clip: float = 0.0  # max global gradient norm; 0 disables clipping
+    # checkpoints (see jaxgpt.checkpoint): every interval, at the end, on SIGINT/SIGTERM, and the best val loss
+    checkpoint_interval: int = 500
+    keep_checkpoints: int = 3  # how many of the latest checkpoints to keep
+    resume: bool = False  # continue from the latest usable checkpoint in out_dir
     # reporting
     sample_chars: int = 500  # length of the sample printed at the end
     progress: bool = True  # progress bar between evaluations
@@ -57,7 +62,12 @@ class TrainConfig:
     multihost: bool = False  # join other processes with jax.distributed.initialize (TPU pods, clusters)
 
     def __post_init__(self) -> None:
-        positive = ("batch_size", "eval_interval", "eval_iters", "learning_rate", "eps", "fsdp")
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, float) and not math.isfinite(value):
+                raise UsageError(f"{f.name} must be a finite number, got {value}")
+        positive = ("batch_size", "eval_interval", "eval_iters", "learning_rate", "eps", "fsdp", "checkpoint_interval",
+                    "keep_checkpoints")
         non_negative = ("max_iters", "weight_decay", "warmup_iters", "min_lr", "grad_clip", "sample_chars")
         for name in positive:
             if getattr(self, name) <= 0:
@@ -72,6 +82,8 @@ class TrainConfig:
             raise UsageError(f"model_type must be 'gpt' or 'bigram', got {self.model_type!r}")
         if self.lr_schedule not in ("constant", "cosine"):
             raise UsageError(f"lr_schedule must be 'constant' or 'cosine', got {self.lr_schedule!r}")
+        if self.resume and self.overwrite:
+            raise UsageError("--resume continues the run in out_dir and --overwrite replaces it; choose one")
 
     @property
     def block_size(self) -> int:
@@ -91,7 +103,13 @@ class TrainConfig:
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> TrainConfig:
-        return cls.from_dict(json.loads(Path(path).read_text(encoding="utf-8")))
+        """A config saved by `save` (a run's config.json)."""
+        try:
+            return cls.from_dict(json.loads(Path(path).read_text(encoding="utf-8")))
+        except (ValueError, TypeError, KeyError, AttributeError) as err:
+            if isinstance(err, UsageError):
+                raise
+            raise UsageError(f"{path} is not a valid jaxgpt config ({type(err).__name__}: {err})") from None
 
 
 def available_configs() -> list[str]:
@@ -101,7 +119,11 @@ def available_configs() -> list[str]:
 
 
 def load_config(name_or_path: str) -> TrainConfig:
-    """A config by name (`small`, from `configs/`) or by path (`path/to/file.py`)."""
+    """A config by name (`small`, from `configs/`), by path (`path/to/file.py`) or a run's `config.json`."""
+    if name_or_path.endswith(".json"):
+        if not Path(name_or_path).is_file():
+            raise UsageError(f"config file {name_or_path!r} does not exist")
+        return TrainConfig.load(name_or_path)
     if name_or_path.endswith(".py") or os.sep in name_or_path:
         path = Path(name_or_path)
         if not path.is_file():
