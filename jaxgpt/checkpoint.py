@@ -277,9 +277,13 @@ def _on_default_device(metadata_tree) -> Any:
 
 
 def _load_exported_params(out_dir: Path):
-    with ocp.StandardCheckpointer() as checkpointer:
-        target = _on_default_device(checkpointer.metadata(out_dir / PARAMS_DIR).item_metadata.tree)
-        return checkpointer.restore(out_dir / PARAMS_DIR, target)
+    _drop_failed_read_leftovers()
+    try:
+        with ocp.StandardCheckpointer() as checkpointer:
+            target = _on_default_device(checkpointer.metadata(out_dir / PARAMS_DIR).item_metadata.tree)
+            return checkpointer.restore(out_dir / PARAMS_DIR, target)
+    except Exception as err:  # see RunCheckpoints._write
+        raise JaxgptError(f"cannot read the params in {out_dir / PARAMS_DIR}: {_reason(err)}") from None
 
 
 def _load_checkpoint_params(out_dir: Path, step: int | Literal["best"] | None) -> tuple[dict, Any]:
@@ -319,8 +323,10 @@ def load(out_dir: str | os.PathLike, step: int | Literal["best"] | None = None) 
     params); `step="best"` the lowest-val-loss one; an int that step. Arrays land on the default device.
     """
     out_dir = Path(out_dir).absolute()
-    if not out_dir.is_dir():
+    if not out_dir.exists():
         raise UsageError(f"run directory {str(out_dir)!r} does not exist")
+    if not out_dir.is_dir():
+        raise UsageError(f"run directory {str(out_dir)!r} is not a directory")
     if step is not None and step != "best" and (isinstance(step, bool) or not isinstance(step, int)):
         raise UsageError(f"step must be an int, 'best' or None, got {step!r}")
     for name in ("config.json", "tokenizer.json"):

@@ -13,6 +13,7 @@ import importlib.util
 import json
 import math
 import os
+import typing
 from pathlib import Path
 from typing import Any, Literal
 
@@ -62,10 +63,7 @@ class TrainConfig:
     multihost: bool = False  # join other processes with jax.distributed.initialize (TPU pods, clusters)
 
     def __post_init__(self) -> None:
-        for f in dataclasses.fields(self):
-            value = getattr(self, f.name)
-            if isinstance(value, float) and not math.isfinite(value):
-                raise UsageError(f"{f.name} must be a finite number, got {value}")
+        _check_types(self)
         positive = ("batch_size", "eval_interval", "eval_iters", "learning_rate", "eps", "fsdp", "checkpoint_interval",
                     "keep_checkpoints")
         non_negative = ("max_iters", "weight_decay", "warmup_iters", "min_lr", "grad_clip", "sample_chars")
@@ -94,9 +92,12 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> TrainConfig:
-        values = dict(values)
-        model = GPTConfig(**values.pop("model"))
-        return cls(model=model, **values)
+        try:
+            values = dict(values)
+            model = GPTConfig(**values.pop("model"))
+            return cls(model=model, **values)
+        except (TypeError, KeyError, AttributeError) as err:  # unknown or missing fields, a wrong type
+            raise UsageError(f"config fields do not match this jaxgpt ({type(err).__name__}: {err})") from None
 
     def save(self, path: str | os.PathLike) -> None:
         Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n", encoding="utf-8")
@@ -106,10 +107,26 @@ class TrainConfig:
         """A config saved by `save` (a run's config.json)."""
         try:
             return cls.from_dict(json.loads(Path(path).read_text(encoding="utf-8")))
-        except (ValueError, TypeError, KeyError, AttributeError) as err:
-            if isinstance(err, UsageError):
-                raise
-            raise UsageError(f"{path} is not a valid jaxgpt config ({type(err).__name__}: {err})") from None
+        except ValueError as err:  # bad JSON, or from_dict's UsageError
+            raise UsageError(f"{path} is not a valid jaxgpt config: {err}") from None
+
+
+def _check_types(config: TrainConfig) -> None:
+    """Wrong types (from a config file) and non-finite numbers are usage errors, not later tracebacks."""
+    kinds = {int: "an int", float: "a number", bool: "true or false", str: "a string"}
+    for name, tp in typing.get_type_hints(TrainConfig).items():
+        value = getattr(config, name)
+        optional = type(None) in typing.get_args(tp)
+        tp = next((a for a in typing.get_args(tp) if a is not type(None)), tp) if optional else tp
+        if value is None and optional or tp not in kinds:
+            continue
+        allowed = (int, float) if tp is float else tp
+        if not isinstance(value, allowed) or (tp is not bool and isinstance(value, bool)):
+            raise UsageError(f"{name} must be {kinds[tp]}, got {value!r}")
+        if isinstance(value, float) and not math.isfinite(value):
+            raise UsageError(f"{name} must be a finite number, got {value}")
+    if not isinstance(config.model, GPTConfig):
+        raise UsageError(f"model must be a GPTConfig, got {config.model!r}")
 
 
 def available_configs() -> list[str]:
@@ -130,7 +147,12 @@ def load_config(name_or_path: str) -> TrainConfig:
             raise UsageError(f"config file {name_or_path!r} does not exist")
         spec = importlib.util.spec_from_file_location(f"jaxgpt_config_{path.stem}", path)
         module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
+        try:
+            spec.loader.exec_module(module)
+        except UsageError:
+            raise
+        except Exception as err:  # the user's file: a syntax error, a failing import, a wrong value ...
+            raise UsageError(f"config file {name_or_path!r} failed: {type(err).__name__}: {err}") from None
     else:
         names = available_configs()
         if name_or_path not in names:
