@@ -57,6 +57,8 @@ class GPTConfig:
             )
         if not 0.0 <= self.dropout < 1.0:
             raise UsageError(f"dropout must be in [0, 1), got {self.dropout}")
+        if not self.layer_norm_eps > 0:  # also refuses NaN
+            raise UsageError(f"layer_norm_eps must be positive, got {self.layer_norm_eps}")
         if self.activation not in _ACTIVATIONS:
             raise UsageError(f"activation must be one of {sorted(_ACTIVATIONS)}, got {self.activation!r}")
 

@@ -1,7 +1,8 @@
 """Train a GPT on a text file: `python -m jaxgpt.train --config=small [--field=value ...]`.
 
 Every random draw derives from (seed, step): batches and dropout masks of step s come from
-`fold_in(train_key, s)` inside the jitted step, so the same seed gives the same run.
+`fold_in(train_key, s)` inside the jitted step, so the same seed gives the same run, and a run resumed
+from a checkpoint (`--resume`) continues exactly as if it had never stopped.
 """
 
 from __future__ import annotations
@@ -9,7 +10,11 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
+import os
+import shlex
+import shutil
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -28,9 +33,10 @@ from jaxgpt.cli import parse_train_args
 from jaxgpt.config import TrainConfig
 from jaxgpt.data import Dataset, get_batch, load_dataset
 from jaxgpt.errors import JaxgptError, UsageError, run_cli
+from jaxgpt.interrupt import StopRequest, stop_on_signals
 from jaxgpt.model import GPT, BigramLanguageModel, count_params
 from jaxgpt.optim import learning_rate_schedule, make_optimizer
-from jaxgpt.plot import write_loss_plot
+from jaxgpt.plot import read_metrics, write_loss_plot
 from jaxgpt.sample import generate_for_run
 
 # Independent streams derived from the seed.
@@ -44,6 +50,7 @@ class TrainState(struct.PyTreeNode):
     step: jax.Array  # () int32
     params: Any
     opt_state: Any
+    first_bad_step: jax.Array  # () int32: first step whose loss or params became non-finite; -1 while none
 
 
 def build_model(config: TrainConfig) -> nn.Module:
@@ -59,7 +66,13 @@ def stream_key(seed: int, stream: int) -> jax.Array:
 def init_state(config: TrainConfig, model: nn.Module, tx: optax.GradientTransformation) -> TrainState:
     dummy = jnp.zeros((1, config.block_size), jnp.int32)
     params = model.init(stream_key(config.seed, INIT_STREAM), dummy)["params"]
-    return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params))
+    return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
+                      first_bad_step=jnp.full((), -1, jnp.int32))
+
+
+def all_finite(tree) -> jax.Array:
+    """() bool: no NaN or inf in any leaf of `tree`."""
+    return jnp.stack([jnp.isfinite(leaf).all() for leaf in jax.tree_util.tree_leaves(tree)]).all()
 
 
 def cross_entropy(logits: jax.Array, targets: jax.Array) -> jax.Array:
@@ -72,6 +85,11 @@ def make_train_step(config: TrainConfig, model: nn.Module, tx: optax.GradientTra
     """state, train_data -> (next state, loss): batch, forward, backward and AdamW update, one compiled call.
 
     The batch is drawn whole (the same on any mesh) and split over the data axes; the state keeps `placement`.
+
+    The first step whose loss or updated params are not finite is recorded in `first_bad_step`, which the
+    host reads only where it waits for the device anyway (progress, evaluation, checkpoints) and before any
+    save: a diverged state is never written. Checking the params covers the gradients: AdamW turns a NaN or
+    inf gradient into a NaN update.
     """
 
     def loss_fn(params, x, y, dropout_key):
@@ -86,7 +104,9 @@ def make_train_step(config: TrainConfig, model: nn.Module, tx: optax.GradientTra
         loss, grads = jax.value_and_grad(loss_fn)(state.params, x, y, dropout_key)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
-        return state.replace(step=state.step + 1, params=params, opt_state=opt_state), loss
+        bad = ~jnp.isfinite(loss) | ~all_finite(params)  # a NaN/inf gradient makes the AdamW update NaN too
+        first_bad_step = jnp.where(bad & (state.first_bad_step < 0), state.step, state.first_bad_step)
+        return TrainState(step=state.step + 1, params=params, opt_state=opt_state, first_bad_step=first_bad_step), loss
 
     shardings = (placement.state, placement.replicated)
     return jax.jit(train_step, in_shardings=shardings, out_shardings=shardings, donate_argnums=0)
@@ -113,6 +133,7 @@ class TrainResult:
     dataset: Dataset
     config: TrainConfig  # with vocab_size set from the data
     history: list[dict[str, float]]
+    interrupted: bool = False  # stopped early by a signal, after saving a checkpoint
 
 
 def eval_steps(config: TrainConfig) -> list[int]:
@@ -121,71 +142,150 @@ def eval_steps(config: TrainConfig) -> list[int]:
 
 
 def prepare_out_dir(config: TrainConfig) -> Path:
+    """Check out_dir before any work: resumable (--resume), empty, or cleared of a previous run (--overwrite)."""
     out_dir = Path(config.out_dir)
-    if out_dir.exists() and any(out_dir.iterdir()) and not config.overwrite:
-        raise UsageError(f"out_dir {str(out_dir)!r} is not empty; choose another --out_dir or pass --overwrite")
+    if out_dir.exists() and not out_dir.is_dir():
+        raise UsageError(f"out_dir {str(out_dir)!r} is a file; choose a directory")
+    if config.resume:
+        if not (out_dir / checkpoint.CHECKPOINTS_DIR).is_dir():
+            raise UsageError(f"nothing to resume in {str(out_dir)!r}: it has no {checkpoint.CHECKPOINTS_DIR}/; "
+                             "start without --resume")
+    elif out_dir.exists() and any(out_dir.iterdir()) and not config.overwrite:
+        raise UsageError(f"out_dir {str(out_dir)!r} is not empty; choose another --out_dir, pass --resume to "
+                         "continue its run or --overwrite to replace it")
     sharding.sync("out_dir checked")  # every process looks before process 0 writes
     if not sharding.is_main_process():
         return out_dir
+    if config.overwrite and out_dir.is_dir():
+        for name in checkpoint.RUN_ENTRIES:  # only what a run writes: other files stay
+            path = out_dir / name
+            if path.is_dir():
+                shutil.rmtree(path)
+            elif path.exists():
+                path.unlink()
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
-        (out_dir / "metrics.jsonl").write_text("")
+        with tempfile.TemporaryFile(dir=out_dir):
+            pass
     except OSError as err:
         raise UsageError(f"cannot write to out_dir {str(out_dir)!r}: {err.strerror}") from None
     return out_dir
 
 
-def train(config: TrainConfig, log: Callable[[str], None] = print) -> TrainResult:
-    """Run the lecture's training loop; writes config, tokenizer, metrics, checkpoint and plot to out_dir.
+def write_metrics(out_dir: Path, records: list[dict]) -> None:
+    """Replace metrics.jsonl with `records`, atomically."""
+    tmp = out_dir / "metrics.jsonl.tmp"
+    tmp.write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
+    os.replace(tmp, out_dir / "metrics.jsonl")
 
-    Sharded over all devices of all processes (`--fsdp`, `--multihost`); only process 0 logs and writes files.
+
+def saved_config(config: TrainConfig) -> TrainConfig:
+    """The config as written to config.json and checkpoints: without the one-off --resume/--overwrite."""
+    return dataclasses.replace(config, resume=False, overwrite=False)
+
+
+def resume_state(config: TrainConfig, state: TrainState, checkpoints: checkpoint.RunCheckpoints,
+                 data_sha256: str, log: Callable[[str], None]) -> tuple[TrainState, list[dict]]:
+    """The state of the latest usable checkpoint, checked against config and data; metrics after it dropped."""
+
+    def check(step: int, meta: dict) -> None:
+        where = f"step {step} in {checkpoints.out_dir}"
+        changed = checkpoint.check_resume_config(TrainConfig.from_dict(meta["config"]), config, where)
+        if meta["data_sha256"] != data_sha256:
+            raise UsageError(f"cannot resume from {where}: the training text differs from the checkpoint's "
+                             "(sha256 mismatch); use the same --data_path")
+        if changed:
+            log(f"resuming with changed settings: {', '.join(changed)}")
+
+    restored = checkpoints.restore_latest(state.params, state.opt_state, log, check)
+    checkpoints.discard_best_after(restored.step)
+    history = [r for r in read_metrics(checkpoints.out_dir) if r["step"] <= restored.step]
+    log(f"resuming from step {restored.step}")
+    step = jax.device_put(jnp.int32(restored.step), state.step.sharding)
+    return state.replace(step=step, params=restored.params, opt_state=restored.opt_state), history
+
+
+def raise_if_diverged(state: TrainState, checkpoints: checkpoint.RunCheckpoints, last_saved: int | None) -> None:
+    """Stop with a clear error once a step went non-finite (reads one scalar: waits for the device)."""
+    bad = int(state.first_bad_step)
+    if bad >= 0:
+        then = "--resume" if last_saved is not None else "start again with --overwrite"
+        kept = (f"the latest checkpoint is still step {last_saved} in {checkpoints.out_dir}"
+                if last_saved is not None else "no checkpoint was written")
+        raise JaxgptError(f"training diverged: the loss or parameters became non-finite at step {bad}; {kept}; "
+                          f"lower --learning_rate or set --grad_clip, then {then}")
+
+
+def train(config: TrainConfig, log: Callable[[str], None] = print, stop: StopRequest | None = None) -> TrainResult:
+    """Run the lecture's training loop; writes config, tokenizer, metrics, checkpoints and plot to out_dir.
+
+    With `config.resume`, continues the run in out_dir from its latest usable checkpoint. `stop` (set by a
+    signal handler, see jaxgpt.interrupt) ends the run after the current step, with a checkpoint.
+    Sharded over all devices of all processes (`--fsdp`, `--multihost`); only process 0 logs and writes files
+    (checkpoints are written by all: orbax coordinates them).
     """
     sharding.initialize_distributed(config.multihost)
     main_process = sharding.is_main_process()
     log = log if main_process else _quiet
+    stop = stop or StopRequest()
     dataset = load_dataset(config.data_path, config.block_size)
     model_config = dataclasses.replace(config.model, vocab_size=dataset.tokenizer.vocab_size)
     config = dataclasses.replace(config, model=model_config)
     mesh = sharding.make_mesh(config.fsdp)
     sharding.check_batch_size(config.batch_size, mesh)
     out_dir = prepare_out_dir(config)
-    if main_process:
-        config.save(out_dir / "config.json")
-        dataset.tokenizer.save(out_dir / "tokenizer.json")
 
     model, tx = build_model(config), make_optimizer(config)
     init = functools.partial(init_state, config, model, tx)
     placement = sharding.Placement.for_state(mesh, jax.eval_shape(init))
     state = jax.jit(init, out_shardings=placement.state)()  # each device creates only its own slices
     log(f"{count_params(state.params) / 1e6:.6f} M parameters")
+    checkpoint.check_free_space(out_dir, (state.params, state.opt_state), copies=config.keep_checkpoints + 2)
+    data_sha256 = checkpoint.data_fingerprint(dataset.train, dataset.val)
+    with checkpoint.RunCheckpoints(out_dir, config.keep_checkpoints) as checkpoints:
+        history: list[dict[str, float]] = []
+        if config.resume:
+            state, history = resume_state(config, state, checkpoints, data_sha256, log)
+        if main_process:
+            write_metrics(out_dir, history)  # on resume: without the evaluations after the checkpoint
+            saved_config(config).save(out_dir / "config.json")
+            dataset.tokenizer.save(out_dir / "tokenizer.json")
+        state, interrupted = train_loop(config, model, tx, placement, state, dataset, checkpoints, history,
+                                        data_sha256, stop, log)
+
+    if interrupted:
+        return TrainResult(state, dataset, config, history, interrupted=True)
+    if main_process and write_loss_plot(out_dir) is None:
+        log("matplotlib is not installed: no loss plot (pip install 'jaxgpt[plot]')")
+    if config.sample_chars:
+        log(sample_text(config, state.params, dataset.tokenizer))
+    return TrainResult(state, dataset, config, history)
+
+
+def train_loop(config: TrainConfig, model: nn.Module, tx: optax.GradientTransformation,
+               placement: sharding.Placement, state: TrainState, dataset: Dataset,
+               checkpoints: checkpoint.RunCheckpoints, history: list[dict], data_sha256: str, stop: StopRequest,
+               log: Callable[[str], None]) -> tuple[TrainState, bool]:
+    """Train from state.step to max_iters, evaluating, logging and checkpointing; appends to `history`.
+
+    Returns the final state and whether `stop` ended the loop early (after a checkpoint of that step)."""
+    out_dir, main_process = checkpoints.out_dir, sharding.is_main_process()
     train_data, val_data = placement.replicate(dataset.train), placement.replicate(dataset.val)
     train_step = make_train_step(config, model, tx, placement)
     estimate_loss = make_estimate_loss(config, model, placement)
     eval_key, lr_schedule = stream_key(config.seed, EVAL_STREAM), learning_rate_schedule(config)
     tokens_per_step = config.batch_size * config.block_size
+    meta = {"seed": config.seed, "config": saved_config(config).to_dict(), "data_sha256": data_sha256}
+    last_saved, best_val_loss = checkpoints.latest_step(), checkpoints.best_val_loss()
 
-    train_step = train_step.lower(state, train_data).compile()  # compile once, before the clock starts
-    history: list[dict[str, float]] = []
-    bar = tqdm(total=config.max_iters, disable=not (config.progress and main_process), dynamic_ncols=True,
-               leave=False, file=sys.stderr)
-    step = 0
-    for target in eval_steps(config):
-        tic, first = time.perf_counter(), step
-        while step < target:
-            state, loss = train_step(state, train_data)
-            step += 1
-            bar.update(1)
-            if step % PROGRESS_EVERY == 0:  # reading the loss waits for the device: not every step
-                rate = tokens_per_step * (step - first) / (time.perf_counter() - tic)
-                bar.set_postfix(loss=f"{float(loss):.4f}", tok_s=f"{rate:,.0f}")
-        jax.block_until_ready(state)
-        seconds = time.perf_counter() - tic
+    def evaluate(step: int, steps_timed: int, seconds: float) -> dict:
+        raise_if_diverged(state, checkpoints, last_saved)
         step_key = jax.random.fold_in(eval_key, step)
         record = {
             "step": step,
             "train_loss": float(estimate_loss(state.params, train_data, jax.random.fold_in(step_key, 0))),
             "val_loss": float(estimate_loss(state.params, val_data, jax.random.fold_in(step_key, 1))),
-            "tokens_per_sec": tokens_per_step * (step - first) / seconds if step > first else None,
+            "tokens_per_sec": tokens_per_step * steps_timed / seconds if steps_timed else None,
             "learning_rate": float(lr_schedule(step)),
         }
         if not np.isfinite(record["train_loss"]):
@@ -195,16 +295,47 @@ def train(config: TrainConfig, log: Callable[[str], None] = print) -> TrainResul
         if main_process:
             with open(out_dir / "metrics.jsonl", "a", encoding="utf-8") as f:
                 f.write(json.dumps(record) + "\n")
-        bar.clear()
         log(f"step {step}: train loss {record['train_loss']:.4f}, val loss {record['val_loss']:.4f}")
-    bar.close()
+        return record
 
-    checkpoint.save_params(out_dir, state.params)  # every process: orbax coordinates multi-host saves
-    if main_process and write_loss_plot(out_dir) is None:
-        log("matplotlib is not installed: no loss plot (pip install 'jaxgpt[plot]')")
-    if config.sample_chars:
-        log(sample_text(config, state.params, dataset.tokenizer))
-    return TrainResult(state, dataset, config, history)
+    def save(step: int) -> None:
+        raise_if_diverged(state, checkpoints, last_saved)  # nothing non-finite becomes the latest checkpoint
+        val_loss = history[-1]["val_loss"] if history else None
+        checkpoints.save(step, state.params, state.opt_state, {**meta, "step": step, "val_loss": val_loss})
+
+    train_step = train_step.lower(state, train_data).compile()  # compile once, before the clock starts
+    step = int(state.step)
+    if step == 0 and not config.resume:
+        evaluate(0, 0, 0.0)
+    evals = set(eval_steps(config))
+    bar = tqdm(initial=step, total=config.max_iters, disable=not (config.progress and main_process),
+               dynamic_ncols=True, leave=False, file=sys.stderr)
+    tic, first = time.perf_counter(), step
+    while step < config.max_iters and not stop.requested:
+        state, loss = train_step(state, train_data)
+        step += 1
+        bar.update(1)
+        if step % PROGRESS_EVERY == 0:  # reading the loss waits for the device: not every step
+            raise_if_diverged(state, checkpoints, last_saved)
+            rate = tokens_per_step * (step - first) / (time.perf_counter() - tic)
+            bar.set_postfix(loss=f"{float(loss):.4f}", tok_s=f"{rate:,.0f}")
+        if step in evals:
+            jax.block_until_ready(state)
+            bar.clear()
+            record = evaluate(step, step - first, time.perf_counter() - tic)
+            if record["val_loss"] < best_val_loss:
+                best_val_loss = record["val_loss"]
+                checkpoints.save_best(step, state.params, {**meta, "step": step, "val_loss": best_val_loss})
+        if step % config.checkpoint_interval == 0 or step == config.max_iters:
+            save(step)
+            last_saved = step
+        if step in evals:
+            tic, first = time.perf_counter(), step
+    bar.close()
+    interrupted = step < config.max_iters
+    if interrupted and last_saved != step:
+        save(step)
+    return state, interrupted
 
 
 def _quiet(_: str) -> None:
@@ -212,16 +343,25 @@ def _quiet(_: str) -> None:
 
 
 def sample_text(config: TrainConfig, params, tokenizer) -> str:
-    """`sample_chars` characters continuing a newline, drawn with the run's sample key (as `jaxgpt.sample` does)."""
-    prompt = jnp.asarray([tokenizer.encode("\n")], jnp.int32)
+    """`sample_chars` characters continuing token 0 (a newline in Shakespeare), as the lecture samples."""
+    prompt = jnp.zeros((1, 1), jnp.int32)
     tokens = generate_for_run(config, params, prompt, config.sample_chars, stream_key(config.seed, SAMPLE_STREAM))
     return tokenizer.decode(tokens[0, 1:])
 
 
 def main(argv: list[str] | None = None) -> None:
-    config = parse_train_args(sys.argv[1:] if argv is None else argv, prog="python -m jaxgpt.train",
-                              description=__doc__.splitlines()[0])
-    train(config)
+    argv = sys.argv[1:] if argv is None else argv
+    options = {"prog": "python -m jaxgpt.train", "description": __doc__.splitlines()[0]}
+    config = parse_train_args(argv, **options)
+    run_config = Path(config.out_dir) / "config.json"
+    if config.resume and run_config.is_file() and not any(arg.startswith("--config") for arg in argv):
+        config = parse_train_args([f"--config={run_config}", *argv], **options)  # the run's own config + new flags
+    with stop_on_signals() as stop:
+        result = train(config, stop=stop)
+    if result.interrupted:
+        print(f"interrupted at step {int(result.state.step)}, checkpoint saved; resume with: python -m jaxgpt.train "
+              f"--out_dir={shlex.quote(config.out_dir)} --resume", file=sys.stderr)
+        sys.exit(stop.exit_code)
 
 
 if __name__ == "__main__":

@@ -2,13 +2,25 @@
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data" / "tinyshakespeare" / "input.txt"
+
+
+def pytest_configure(config) -> None:
+    """One JAX compilation cache per test session (subprocesses included): the many runs of the same tiny
+    model compile once. Set before jax is imported; the cache is deleted at exit."""
+    cache = tempfile.mkdtemp(prefix="jaxgpt-test-jax-cache-")
+    atexit.register(shutil.rmtree, cache, ignore_errors=True)
+    os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", cache)
+    os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 
 
 @pytest.fixture(scope="session")

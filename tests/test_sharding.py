@@ -231,7 +231,7 @@ def test_sharded_training_matches_one_device(runs, name):
 
 def test_fsdp_shards_matrices_and_replicates_vectors(runs):
     with ocp.StandardCheckpointer() as checkpointer:
-        saved = checkpointer.metadata(runs["data4_fsdp2"].out_dir / "params").item_metadata
+        saved = checkpointer.metadata(runs["data4_fsdp2"].out_dir / "checkpoints" / str(STEPS) / "params").item_metadata
     specs = {name: tuple(leaf.sharding.partition_spec) for name, leaf in saved["blocks_0"]["ffwd"]["fc"].items()}
     assert saved["blocks_0"]["ffwd"]["fc"]["kernel"].shape == (32, 128)
     assert specs == {"kernel": (None, "fsdp"), "bias": ()}

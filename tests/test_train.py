@@ -32,8 +32,8 @@ def test_training_lowers_the_loss_and_writes_the_run(tmp_path, small_text_file):
     lines: list[str] = []
     result = train(tiny(tmp_path, small_text_file, max_iters=60, eval_interval=30, sample_chars=20), log=lines.append)
     run = tmp_path / "run"
-    assert sorted(p.name for p in run.iterdir()) == ["config.json", "loss.png", "metrics.jsonl", "params",
-                                                     "tokenizer.json"]
+    assert sorted(p.name for p in run.iterdir()) == ["checkpoints", "checkpoints_best", "config.json", "loss.png",
+                                                     "metrics.jsonl", "tokenizer.json"]
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records] == [0, 30, 60]
     assert records[-1]["val_loss"] < records[0]["val_loss"] - 0.3
@@ -66,7 +66,7 @@ def test_bigram_trains(tmp_path, small_text_file):
 def test_refuses_a_non_empty_out_dir(tmp_path, small_text_file):
     (tmp_path / "run").mkdir()
     (tmp_path / "run" / "metrics.jsonl").write_text("precious\n")
-    with pytest.raises(UsageError, match="is not empty; choose another --out_dir or pass --overwrite"):
+    with pytest.raises(UsageError, match="is not empty; choose another --out_dir, pass --resume to continue its run"):
         train(tiny(tmp_path, small_text_file), log=lambda _: None)
     assert (tmp_path / "run" / "metrics.jsonl").read_text() == "precious\n"
 

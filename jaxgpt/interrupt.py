@@ -1,0 +1,50 @@
+"""Stopping a run cleanly on SIGINT (Ctrl-C) or SIGTERM (preemption): finish the step, save, then exit.
+
+The signal handler only records the request; the training loop looks at it after each step. A second
+signal stops at once (KeyboardInterrupt) without waiting for the checkpoint.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import signal
+import sys
+from collections.abc import Iterator
+
+
+@dataclasses.dataclass
+class StopRequest:
+    """Set by the signal handler; `signum` is the signal that asked the run to stop, if any."""
+
+    signum: int | None = None
+
+    @property
+    def requested(self) -> bool:
+        return self.signum is not None
+
+    @property
+    def exit_code(self) -> int:
+        """The shell convention for a process ended by a signal: 128 + its number (130 for SIGINT)."""
+        return 128 + (self.signum or 0)
+
+
+@contextlib.contextmanager
+def stop_on_signals(signums: tuple[int, ...] = (signal.SIGINT, signal.SIGTERM)) -> Iterator[StopRequest]:
+    """Within the block, the first of `signums` sets the returned StopRequest; the previous handlers come back
+    on exit. Install it only in a command-line main: handlers belong to the whole process."""
+    request = StopRequest()
+
+    def handler(signum: int, frame) -> None:
+        if request.requested:
+            raise KeyboardInterrupt
+        request.signum = signum
+        print(f"\n{signal.Signals(signum).name}: stopping after this step to save a checkpoint "
+              "(send it again to quit without saving)", file=sys.stderr, flush=True)
+
+    previous = {signum: signal.signal(signum, handler) for signum in signums}
+    try:
+        yield request
+    finally:
+        for signum, old in previous.items():
+            signal.signal(signum, old)
