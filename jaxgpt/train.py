@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import sys
 import time
 from collections.abc import Callable
@@ -27,7 +28,8 @@ from jaxgpt.cli import parse_train_args
 from jaxgpt.config import TrainConfig
 from jaxgpt.data import Dataset, get_batch, load_dataset
 from jaxgpt.errors import JaxgptError, UsageError, run_cli
-from jaxgpt.model import GPT, BigramLanguageModel, count_params
+from jaxgpt.mfu import device_peak_flops, flops_per_token, mfu
+from jaxgpt.model import GPT, BigramLanguageModel, count_params, resolve_dtype
 from jaxgpt.optim import learning_rate_schedule, make_optimizer
 from jaxgpt.plot import write_loss_plot
 from jaxgpt.sample import generate_with_model
@@ -67,7 +69,11 @@ def cross_entropy(logits: jax.Array, targets: jax.Array) -> jax.Array:
 
 
 def make_train_step(config: TrainConfig, model: nn.Module, tx: optax.GradientTransformation) -> Callable:
-    """state, train_data -> (next state, loss): batch, forward, backward and AdamW update, one compiled call."""
+    """state, train_data -> (state, loss): `steps_per_call` times batch, forward, backward and AdamW update.
+
+    One compiled call; several steps run in a `lax.scan` (less dispatch overhead), each with the keys of its
+    own step, so the result is the same as calling a one-step function that many times. `loss` is the last step's.
+    """
     train_key = stream_key(config.seed, TRAIN_STREAM)
 
     def loss_fn(params, x, y, dropout_key):
@@ -82,7 +88,13 @@ def make_train_step(config: TrainConfig, model: nn.Module, tx: optax.GradientTra
         params = optax.apply_updates(state.params, updates)
         return state.replace(step=state.step + 1, params=params, opt_state=opt_state), loss
 
-    return jax.jit(train_step, donate_argnums=0)
+    def train_steps(state: TrainState, train_data: jax.Array) -> tuple[TrainState, jax.Array]:
+        if config.steps_per_call == 1:
+            return train_step(state, train_data)
+        state, losses = jax.lax.scan(lambda s, _: train_step(s, train_data), state, length=config.steps_per_call)
+        return state, losses[-1]
+
+    return jax.jit(train_steps, donate_argnums=0)
 
 
 def make_estimate_loss(config: TrainConfig, model: nn.Module) -> Callable:
@@ -108,6 +120,12 @@ class TrainResult:
     history: list[dict[str, float]]
 
 
+def resolved_steps_per_call(config: TrainConfig) -> int:
+    """The most steps per compiled call, up to `config.steps_per_call`, that evaluations still fall between."""
+    interval = math.gcd(config.eval_interval, config.max_iters)
+    return max(k for k in range(1, config.steps_per_call + 1) if interval % k == 0)
+
+
 def eval_steps(config: TrainConfig) -> list[int]:
     """Steps (optimizer updates done) after which the losses are estimated: 0, every interval, and the last."""
     return sorted(set(range(0, config.max_iters, config.eval_interval)) | {config.max_iters})
@@ -128,8 +146,9 @@ def prepare_out_dir(config: TrainConfig) -> Path:
 def train(config: TrainConfig, log: Callable[[str], None] = print) -> TrainResult:
     """Run the lecture's training loop; writes config, tokenizer, metrics, checkpoint and plot to out_dir."""
     dataset = load_dataset(config.data_path, config.block_size)
-    model_config = dataclasses.replace(config.model, vocab_size=dataset.tokenizer.vocab_size)
-    config = dataclasses.replace(config, model=model_config)
+    model_config = dataclasses.replace(config.model, vocab_size=dataset.tokenizer.vocab_size,
+                                       dtype=resolve_dtype(config.model.dtype))
+    config = dataclasses.replace(config, model=model_config, steps_per_call=resolved_steps_per_call(config))
     out_dir = prepare_out_dir(config)
     config.save(out_dir / "config.json")
     dataset.tokenizer.save(out_dir / "tokenizer.json")
@@ -137,10 +156,11 @@ def train(config: TrainConfig, log: Callable[[str], None] = print) -> TrainResul
     model, tx = build_model(config), make_optimizer(config)
     state = init_state(config, model, tx)
     log(f"{count_params(state.params) / 1e6:.6f} M parameters")
+    model_flops, peak_flops = run_flops(config, count_params(state.params))
     train_data, val_data = jnp.asarray(dataset.train), jnp.asarray(dataset.val)
     train_step, estimate_loss = make_train_step(config, model, tx), make_estimate_loss(config, model)
     eval_key, lr_schedule = stream_key(config.seed, EVAL_STREAM), learning_rate_schedule(config)
-    tokens_per_step = config.batch_size * config.block_size
+    tokens_per_step, k = config.batch_size * config.block_size, config.steps_per_call
 
     train_step = train_step.lower(state, train_data).compile()  # compile once, before the clock starts
     history: list[dict[str, float]] = []
@@ -150,19 +170,21 @@ def train(config: TrainConfig, log: Callable[[str], None] = print) -> TrainResul
         tic, first = time.perf_counter(), step
         while step < target:
             state, loss = train_step(state, train_data)
-            step += 1
-            bar.update(1)
-            if step % PROGRESS_EVERY == 0:  # reading the loss waits for the device: not every step
+            step += k
+            bar.update(k)
+            if step % PROGRESS_EVERY < k:  # reading the loss waits for the device: not every step
                 rate = tokens_per_step * (step - first) / (time.perf_counter() - tic)
                 bar.set_postfix(loss=f"{float(loss):.4f}", tok_s=f"{rate:,.0f}")
         jax.block_until_ready(state)
         seconds = time.perf_counter() - tic
+        tokens_per_sec = tokens_per_step * (step - first) / seconds if step > first else None
         step_key = jax.random.fold_in(eval_key, step)
         record = {
             "step": step,
             "train_loss": float(estimate_loss(state.params, train_data, jax.random.fold_in(step_key, 0))),
             "val_loss": float(estimate_loss(state.params, val_data, jax.random.fold_in(step_key, 1))),
-            "tokens_per_sec": tokens_per_step * (step - first) / seconds if step > first else None,
+            "tokens_per_sec": tokens_per_sec,
+            "mfu": mfu(tokens_per_sec, model_flops, peak_flops) if tokens_per_sec else None,
             "learning_rate": float(lr_schedule(step)),
         }
         if not np.isfinite(record["train_loss"]):
@@ -172,7 +194,8 @@ def train(config: TrainConfig, log: Callable[[str], None] = print) -> TrainResul
         with open(out_dir / "metrics.jsonl", "a", encoding="utf-8") as f:
             f.write(json.dumps(record) + "\n")
         bar.clear()
-        log(f"step {step}: train loss {record['train_loss']:.4f}, val loss {record['val_loss']:.4f}")
+        log(f"step {step}: train loss {record['train_loss']:.4f}, val loss {record['val_loss']:.4f}"
+            + (f" ({speed_summary(record)})" if tokens_per_sec else ""))
     bar.close()
 
     checkpoint.save_params(out_dir, state.params)
@@ -182,6 +205,23 @@ def train(config: TrainConfig, log: Callable[[str], None] = print) -> TrainResul
     if config.sample_chars:
         log(sample_text(config, model, state.params, dataset.tokenizer))
     return TrainResult(state, dataset, config, history)
+
+
+def run_flops(config: TrainConfig, n_params: int) -> tuple[float, float | None]:
+    """(training FLOPs per token, peak FLOP/s of the devices: --peak_flops or the known-devices table)."""
+    if config.model_type == "bigram":
+        return 0.0, None  # a table lookup: no matmuls
+    peak = config.peak_flops
+    if peak is None:
+        per_device = device_peak_flops(jax.devices()[0], config.model.dtype)
+        peak = per_device * jax.device_count() if per_device else None
+    return flops_per_token(config.model, n_params), peak
+
+
+def speed_summary(record: dict[str, Any]) -> str:
+    """`123,456 tok/s, MFU 12.3%` (MFU only when the peak is known)."""
+    text = f"{record['tokens_per_sec']:,.0f} tok/s"
+    return text + (f", MFU {100 * record['mfu']:.1f}%" if record["mfu"] is not None else "")
 
 
 def sample_text(config: TrainConfig, model: nn.Module, params, tokenizer) -> str:
