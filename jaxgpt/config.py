@@ -40,6 +40,7 @@ class TrainConfig:
     eval_interval: int = 500
     eval_iters: int = 200
     seed: int = 1337
+    steps_per_call: int = 1  # optimizer steps per compiled call (lax.scan), at most; see train.steps_per_call
     # optimizer: torch.optim.AdamW's defaults
     learning_rate: float = 3e-4
     beta1: float = 0.9
@@ -58,6 +59,7 @@ class TrainConfig:
     # reporting
     sample_chars: int = 500  # length of the sample printed at the end
     progress: bool = True  # progress bar between evaluations
+    peak_flops: float | None = None  # FLOP/s of all devices together, for MFU; None: look up jaxgpt.mfu.PEAK_FLOPS
     # scaling out (jaxgpt/sharding.py): data parallel over all devices; fsdp also shards params and optimizer state
     fsdp: int = 1  # devices that share one copy of the parameters; must divide the device count
     multihost: bool = False  # join other processes with jax.distributed.initialize (TPU pods, clusters)
@@ -65,7 +67,7 @@ class TrainConfig:
     def __post_init__(self) -> None:
         _check_types(self)
         positive = ("batch_size", "eval_interval", "eval_iters", "learning_rate", "eps", "fsdp", "checkpoint_interval",
-                    "keep_checkpoints")
+                    "keep_checkpoints", "steps_per_call")
         non_negative = ("max_iters", "weight_decay", "warmup_iters", "min_lr", "grad_clip", "sample_chars")
         for name in positive:
             if getattr(self, name) <= 0:
@@ -82,6 +84,8 @@ class TrainConfig:
             raise UsageError(f"lr_schedule must be 'constant' or 'cosine', got {self.lr_schedule!r}")
         if self.resume and self.overwrite:
             raise UsageError("--resume continues the run in out_dir and --overwrite replaces it; choose one")
+        if self.peak_flops is not None and self.peak_flops <= 0:
+            raise UsageError(f"peak_flops must be positive, got {self.peak_flops}")
 
     @property
     def block_size(self) -> int:

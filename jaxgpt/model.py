@@ -6,11 +6,17 @@ nh = number of heads, hs = head size (C // nh), V = vocabulary size.
 The defaults are the lecture's architecture. A few switches (`activation`, `tie_embeddings`,
 `bias`, `qkv_bias`, `lm_head_bias`) also describe the GPT-2 family (nanoGPT, Hugging Face GPT-2), so
 their checkpoints load into the same modules.
+
+Mixed precision: parameters are always float32; `dtype` is the compute dtype of the matrix multiplies.
+The residual stream, LayerNorm, softmax and the loss stay in float32 (like torch.autocast).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
+import typing
+from collections.abc import Callable
 from typing import Literal
 
 import flax.linen as nn
@@ -18,8 +24,11 @@ import jax
 import jax.numpy as jnp
 
 from jaxgpt.errors import UsageError
+from jaxgpt.layers import Dropout, dense_dot_general
 
 Activation = Literal["relu", "gelu", "gelu_tanh"]
+Dtype = Literal["auto", "float32", "bfloat16"]
+Attention = Literal["xla", "dot_product"]
 
 _weight_init = nn.initializers.normal(stddev=0.02)  # the lecture's _init_weights
 _ACTIVATIONS = {
@@ -45,6 +54,8 @@ class GPTConfig:
     qkv_bias: bool = False  # biases in the query/key/value projections (GPT-2: True)
     lm_head_bias: bool = True  # bias in the output layer (GPT-2: False)
     layer_norm_eps: float = 1e-5
+    dtype: Dtype = "auto"  # matmul compute dtype; "auto": float32 on CPU, bfloat16 on GPU/TPU
+    attention: Attention = "xla"  # "dot_product": jax.nn.dot_product_attention (see causal_attention)
 
     def __post_init__(self) -> None:
         for name in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd"):
@@ -61,24 +72,63 @@ class GPTConfig:
             raise UsageError(f"layer_norm_eps must be positive, got {self.layer_norm_eps}")
         if self.activation not in _ACTIVATIONS:
             raise UsageError(f"activation must be one of {sorted(_ACTIVATIONS)}, got {self.activation!r}")
+        if self.dtype not in typing.get_args(Dtype):
+            raise UsageError(f"dtype must be one of {', '.join(typing.get_args(Dtype))}, got {self.dtype!r}")
+        if self.attention not in typing.get_args(Attention):
+            raise UsageError(f"attention must be 'xla' or 'dot_product', got {self.attention!r}")
 
     @property
     def head_size(self) -> int:
         return self.n_embd // self.n_head
+
+    @property
+    def compute_dtype(self) -> jnp.dtype:
+        return jnp.dtype(resolve_dtype(self.dtype))
+
+
+def resolve_dtype(dtype: str, backend: str | None = None) -> str:
+    """The concrete compute dtype: "auto" is float32 on CPU and bfloat16 on GPU/TPU (default backend)."""
+    if dtype != "auto":
+        return dtype
+    return "float32" if (backend or jax.default_backend()) == "cpu" else "bfloat16"
 
 
 def _nearest_divisor(n: int, near: int) -> int:
     return min((d for d in range(1, n + 1) if n % d == 0), key=lambda d: (abs(d - near), d))
 
 
-def _dense(features: int, name: str, use_bias: bool = True) -> nn.Dense:
-    return nn.Dense(
-        features, use_bias=use_bias, kernel_init=_weight_init, bias_init=nn.initializers.zeros, name=name
-    )
+def _dense(features: int, name: str, use_bias: bool, dtype: jnp.dtype) -> nn.Dense:
+    return nn.Dense(features, use_bias=use_bias, dtype=dtype, param_dtype=jnp.float32, kernel_init=_weight_init,
+                    bias_init=nn.initializers.zeros, dot_general=dense_dot_general, name=name)
 
 
 def _layer_norm(config: GPTConfig, name: str) -> nn.LayerNorm:
     return nn.LayerNorm(epsilon=config.layer_norm_eps, use_bias=config.bias, use_fast_variance=False, name=name)
+
+
+def causal_attention(q: jax.Array, k: jax.Array, v: jax.Array, implementation: Attention,
+                     dropout: Callable[[jax.Array], jax.Array], mask: jax.Array | None = None) -> jax.Array:
+    """softmax(q k^T / sqrt(hs), causal) v for every head: q (B, Tq, nh, hs), k, v (B, Tk, nh, hs) -> like q.
+
+    `mask` (Tq, Tk) says which keys each query sees; None means the plain causal mask (Tq == Tk).
+
+    "xla" is the lecture's explicit computation, with `dropout` applied to the attention weights.
+    "dot_product" calls jax.nn.dot_product_attention (cuDNN flash attention on GPU where it applies, else
+    the same math in XLA); it has no dropout on the weights, so it equals "xla" only with dropout off.
+    Scores and softmax are float32 either way.
+    """
+    if implementation == "dot_product":
+        if mask is None:
+            return jax.nn.dot_product_attention(q, k, v, is_causal=True)
+        return jax.nn.dot_product_attention(q, k, v, mask=mask[None, None])
+    T, hs = q.shape[1], q.shape[-1]
+    if mask is None:
+        mask = jnp.tril(jnp.ones((T, T), dtype=bool))  # the future does not talk to the past
+    # affinities, scaled so that unit-variance q, k give unit-variance scores
+    wei = jnp.einsum("bqhd,bkhd->bhqk", q, k, preferred_element_type=jnp.float32) * hs**-0.5  # (B, nh, Tq, Tk)
+    wei = jnp.where(mask, wei, -jnp.inf)
+    wei = dropout(jax.nn.softmax(wei, axis=-1))
+    return jnp.einsum("bhqk,bkhd->bqhd", wei.astype(v.dtype), v)
 
 
 class CausalSelfAttention(nn.Module):
@@ -95,23 +145,18 @@ class CausalSelfAttention(nn.Module):
     def __call__(self, x: jax.Array, deterministic: bool = True, cache_index: jax.Array | None = None) -> jax.Array:
         cfg = self.config
         B, T, C = x.shape
-        nh, hs = cfg.n_head, cfg.head_size
+        nh, hs, dtype = cfg.n_head, cfg.head_size, cfg.compute_dtype
         # each head's key/query/value, computed for all heads at once: (B, T, nh, hs)
-        q = _dense(C, "query", cfg.qkv_bias)(x).reshape(B, T, nh, hs)
-        k = _dense(C, "key", cfg.qkv_bias)(x).reshape(B, T, nh, hs)
-        v = _dense(C, "value", cfg.qkv_bias)(x).reshape(B, T, nh, hs)
-        if cache_index is None:
-            causal = jnp.tril(jnp.ones((T, T), dtype=bool))  # the future does not talk to the past
-        else:
-            k, v, causal = self._extend_cache(k, v, cache_index)  # keys and values (B, block_size, nh, hs)
-        # affinities, scaled so that unit-variance q, k give unit-variance scores
-        wei = jnp.einsum("bqhd,bkhd->bhqk", q, k) * hs**-0.5  # (B, nh, T, T), or (B, nh, T, block_size) cached
-        wei = jnp.where(causal, wei, -jnp.inf)
-        wei = jax.nn.softmax(wei, axis=-1)
-        wei = nn.Dropout(cfg.dropout)(wei, deterministic=deterministic)
-        out = jnp.einsum("bhqk,bkhd->bqhd", wei, v).reshape(B, T, C)  # heads concatenated
-        out = _dense(C, "proj", cfg.bias)(out)
-        return nn.Dropout(cfg.dropout)(out, deterministic=deterministic)
+        q = _dense(C, "query", cfg.qkv_bias, dtype)(x).reshape(B, T, nh, hs)
+        k = _dense(C, "key", cfg.qkv_bias, dtype)(x).reshape(B, T, nh, hs)
+        v = _dense(C, "value", cfg.qkv_bias, dtype)(x).reshape(B, T, nh, hs)
+        mask = None  # plain causal
+        if cache_index is not None:
+            k, v, mask = self._extend_cache(k, v, cache_index)  # keys and values (B, block_size, nh, hs)
+        weights_dropout = functools.partial(Dropout(cfg.dropout), deterministic=deterministic)
+        out = causal_attention(q, k, v, cfg.attention, weights_dropout, mask).reshape(B, T, C)  # heads concatenated
+        out = _dense(C, "proj", cfg.bias, dtype)(out)
+        return Dropout(cfg.dropout)(out, deterministic=deterministic)
 
     def _extend_cache(self, k: jax.Array, v: jax.Array, index: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
         """Write k, v (B, T, nh, hs) at positions index.. of the cache -> (keys, values, mask (T, block_size))."""
@@ -135,10 +180,10 @@ class FeedForward(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array, deterministic: bool = True) -> jax.Array:
         cfg = self.config
-        x = _dense(4 * cfg.n_embd, "fc", cfg.bias)(x)  # (B, T, 4C)
+        x = _dense(4 * cfg.n_embd, "fc", cfg.bias, cfg.compute_dtype)(x)  # (B, T, 4C)
         x = _ACTIVATIONS[cfg.activation](x)
-        x = _dense(cfg.n_embd, "proj", cfg.bias)(x)  # (B, T, C)
-        return nn.Dropout(cfg.dropout)(x, deterministic=deterministic)
+        x = _dense(cfg.n_embd, "proj", cfg.bias, cfg.compute_dtype)(x)  # (B, T, C)
+        return Dropout(cfg.dropout)(x, deterministic=deterministic)
 
 
 class Block(nn.Module):
@@ -174,7 +219,7 @@ class GPT(nn.Module):
         wpe = nn.Embed(cfg.block_size, cfg.n_embd, embedding_init=_weight_init, name="position_embedding_table")
         cache_index = self._advance_cache_index(T) if decode else None  # position of idx[:, 0]
         pos = jnp.arange(T) if cache_index is None else cache_index + jnp.arange(T)  # (T,)
-        x = wte(idx) + wpe(pos)  # (B, T, C)
+        x = wte(idx) + wpe(pos)  # (B, T, C), float32: the residual stream
         for i in range(cfg.n_layer):
             x = Block(cfg, name=f"blocks_{i}")(x, deterministic, cache_index)
         x = _layer_norm(cfg, "ln_f")(x)
@@ -183,7 +228,7 @@ class GPT(nn.Module):
             if cfg.lm_head_bias:
                 logits += self.param("lm_head_bias", nn.initializers.zeros, (cfg.vocab_size,))
             return logits
-        return _dense(cfg.vocab_size, "lm_head", cfg.lm_head_bias)(x)  # (B, T, V)
+        return _dense(cfg.vocab_size, "lm_head", cfg.lm_head_bias, cfg.compute_dtype)(x)  # (B, T, V)
 
     def _advance_cache_index(self, T: int) -> jax.Array:
         """Number of tokens cached by earlier decode calls; counts this call's T tokens for the next one."""

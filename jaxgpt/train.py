@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
+import math
 import os
 import shlex
 import shutil
@@ -34,7 +35,8 @@ from jaxgpt.config import TrainConfig
 from jaxgpt.data import Dataset, get_batch, load_dataset
 from jaxgpt.errors import JaxgptError, UsageError, run_cli
 from jaxgpt.interrupt import StopRequest, stop_on_signals
-from jaxgpt.model import GPT, BigramLanguageModel, count_params
+from jaxgpt.mfu import device_peak_flops, flops_per_token, mfu
+from jaxgpt.model import GPT, BigramLanguageModel, count_params, resolve_dtype
 from jaxgpt.optim import learning_rate_schedule, make_optimizer
 from jaxgpt.plot import read_metrics, write_loss_plot
 from jaxgpt.sample import generate_for_run
@@ -82,8 +84,10 @@ def cross_entropy(logits: jax.Array, targets: jax.Array) -> jax.Array:
 
 def make_train_step(config: TrainConfig, model: nn.Module, tx: optax.GradientTransformation,
                     placement: sharding.Placement) -> Callable:
-    """state, train_data -> (next state, loss): batch, forward, backward and AdamW update, one compiled call.
+    """state, train_data -> (state, loss): `steps_per_call` times batch, forward, backward and AdamW update.
 
+    One compiled call; several steps run in a `lax.scan` (less dispatch overhead), each with the keys of its
+    own step, so the result is the same as calling a one-step function that many times. `loss` is the last step's.
     The batch is drawn whole (the same on any mesh) and split over the data axes; the state keeps `placement`.
 
     The first step whose loss or updated params are not finite is recorded in `first_bad_step`, which the
@@ -108,8 +112,14 @@ def make_train_step(config: TrainConfig, model: nn.Module, tx: optax.GradientTra
         first_bad_step = jnp.where(bad & (state.first_bad_step < 0), state.step, state.first_bad_step)
         return TrainState(step=state.step + 1, params=params, opt_state=opt_state, first_bad_step=first_bad_step), loss
 
+    def train_steps(state: TrainState, train_data: jax.Array) -> tuple[TrainState, jax.Array]:
+        if config.steps_per_call == 1:
+            return train_step(state, train_data)
+        state, losses = jax.lax.scan(lambda s, _: train_step(s, train_data), state, length=config.steps_per_call)
+        return state, losses[-1]
+
     shardings = (placement.state, placement.replicated)
-    return jax.jit(train_step, in_shardings=shardings, out_shardings=shardings, donate_argnums=0)
+    return jax.jit(train_steps, in_shardings=shardings, out_shardings=shardings, donate_argnums=0)
 
 
 def make_estimate_loss(config: TrainConfig, model: nn.Module, placement: sharding.Placement) -> Callable:
@@ -134,6 +144,23 @@ class TrainResult:
     config: TrainConfig  # with vocab_size set from the data
     history: list[dict[str, float]]
     interrupted: bool = False  # stopped early by a signal, after saving a checkpoint
+
+
+def resolved_steps_per_call(config: TrainConfig, start_step: int = 0) -> int:
+    """The most steps per compiled call, up to `steps_per_call`, that evaluations and checkpoints still fall between."""
+    interval = math.gcd(config.eval_interval, config.max_iters, config.checkpoint_interval, start_step)
+    return max(k for k in range(1, config.steps_per_call + 1) if interval % k == 0)
+
+
+def run_flops(config: TrainConfig, n_params: int) -> tuple[float, float | None]:
+    """(training FLOPs per token, peak FLOP/s of the devices: --peak_flops or the known-devices table)."""
+    if config.model_type == "bigram":
+        return 0.0, None  # a table lookup: no matmuls
+    peak = config.peak_flops
+    if peak is None:
+        per_device = device_peak_flops(jax.devices()[0], config.model.dtype)
+        peak = per_device * jax.device_count() if per_device else None
+    return flops_per_token(config.model, n_params), peak
 
 
 def eval_steps(config: TrainConfig) -> list[int]:
@@ -229,7 +256,8 @@ def train(config: TrainConfig, log: Callable[[str], None] = print, stop: StopReq
     log = log if main_process else _quiet
     stop = stop or StopRequest()
     dataset = load_dataset(config.data_path, config.block_size)
-    model_config = dataclasses.replace(config.model, vocab_size=dataset.tokenizer.vocab_size)
+    model_config = dataclasses.replace(config.model, vocab_size=dataset.tokenizer.vocab_size,
+                                       dtype=resolve_dtype(config.model.dtype))
     config = dataclasses.replace(config, model=model_config)
     mesh = sharding.make_mesh(config.fsdp)
     sharding.check_batch_size(config.batch_size, mesh)
@@ -270,6 +298,9 @@ def train_loop(config: TrainConfig, model: nn.Module, tx: optax.GradientTransfor
 
     Returns the final state and whether `stop` ended the loop early (after a checkpoint of that step)."""
     out_dir, main_process = checkpoints.out_dir, sharding.is_main_process()
+    config = dataclasses.replace(config, steps_per_call=resolved_steps_per_call(config, int(state.step)))
+    k = config.steps_per_call
+    model_flops, peak_flops = run_flops(config, count_params(state.params))
     train_data, val_data = placement.replicate(dataset.train), placement.replicate(dataset.val)
     train_step = make_train_step(config, model, tx, placement)
     estimate_loss = make_estimate_loss(config, model, placement)
@@ -286,6 +317,7 @@ def train_loop(config: TrainConfig, model: nn.Module, tx: optax.GradientTransfor
             "train_loss": float(estimate_loss(state.params, train_data, jax.random.fold_in(step_key, 0))),
             "val_loss": float(estimate_loss(state.params, val_data, jax.random.fold_in(step_key, 1))),
             "tokens_per_sec": tokens_per_step * steps_timed / seconds if steps_timed else None,
+            "mfu": mfu(tokens_per_step * steps_timed / seconds, model_flops, peak_flops) if steps_timed else None,
             "learning_rate": float(lr_schedule(step)),
         }
         if not np.isfinite(record["train_loss"]):
@@ -313,9 +345,9 @@ def train_loop(config: TrainConfig, model: nn.Module, tx: optax.GradientTransfor
     tic, first = time.perf_counter(), step
     while step < config.max_iters and not stop.requested:
         state, loss = train_step(state, train_data)
-        step += 1
-        bar.update(1)
-        if step % PROGRESS_EVERY == 0:  # reading the loss waits for the device: not every step
+        step += k
+        bar.update(k)
+        if step % PROGRESS_EVERY < k:  # reading the loss waits for the device: not every step
             raise_if_diverged(state, checkpoints, last_saved)
             rate = tokens_per_step * (step - first) / (time.perf_counter() - tic)
             bar.set_postfix(loss=f"{float(loss):.4f}", tok_s=f"{rate:,.0f}")

@@ -40,7 +40,7 @@ def test_config_by_name_and_by_path(tmp_path):
         (["--batch_size=-1"], "batch_size must be positive"),
         (["--max_iters=-5"], "max_iters must not be negative"),
         (["--lr_schedule=linear"], "choose one of constant, cosine, got 'linear'"),
-        (["--config=huge"], "unknown config 'huge'; choose one of bigram, lecture, small, tiny"),
+        (["--config=huge"], "unknown config 'huge'; choose one of bigram, lecture, shakespeare_char, small, tiny"),
         (["--config=missing/file.py"], "config file 'missing/file.py' does not exist"),
     ],
 )

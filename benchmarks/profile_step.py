@@ -1,0 +1,119 @@
+"""Where the time of one jaxgpt training step goes on this machine, by pass and by model component.
+
+    python benchmarks/profile_step.py --config=small [--steps=50] [--field=value ...]
+
+Traces `--steps` calls of the compiled train step (the one `jaxgpt.train` uses) with `jax.profiler`,
+maps every executed XLA op back to the JAX operation it came from (HLO `op_name` metadata) and sums the
+op time over all threads: forward, backward, optimizer, and batch/PRNG; then the heaviest components
+(`blocks_*/sa/query/dot_general`, ...). Times are per step; "op time" counts busy time on every thread,
+so with 2 threads it can exceed the wall time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import dataclasses
+import re
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+from jax.profiler import ProfileData
+
+from jaxgpt.cli import parse_train_args
+from jaxgpt.data import load_dataset
+from jaxgpt.model import resolve_dtype
+from jaxgpt.optim import make_optimizer
+from jaxgpt.train import build_model, init_state, make_train_step
+
+_INSTRUCTION = re.compile(r"^\s*(?:ROOT )?%?([\w.\-]+) = .*?op_name=\"([^\"]*)\"", re.MULTILINE)
+
+
+def op_names(hlo_text: str) -> dict[str, str]:
+    """HLO instruction name -> the JAX op_name it was lowered from."""
+    return {name: op for name, op in _INSTRUCTION.findall(hlo_text)}
+
+
+def classify(op_name: str) -> tuple[str, str]:
+    """(pass, component) of a JAX op_name such as `jit(train_step)/transpose(jvp(GPT))/blocks_3/sa/mul`."""
+    if "threefry" in op_name or "randint" in op_name or "bernoulli" in op_name:
+        pass_ = "batch + PRNG"
+    elif "transpose(jvp(" in op_name:
+        pass_ = "backward"
+    elif "jvp(" in op_name:
+        pass_ = "forward"
+    elif op_name.endswith("/gather"):
+        pass_ = "batch + PRNG"
+    else:
+        pass_ = "optimizer"
+    component = re.sub(r"blocks_\d+", "blocks_*", op_name.split("GPT)")[-1].split("GPT))")[-1].lstrip(")/"))
+    if pass_ in ("optimizer", "batch + PRNG"):
+        component = pass_
+    return pass_, component
+
+
+def trace_op_times(step, state, data, steps: int) -> tuple[dict[str, float], float, float]:
+    """Run `steps` steps under the profiler: (op time in seconds per XLA op name, wall s, process CPU s)."""
+    with tempfile.TemporaryDirectory() as trace_dir:
+        wall, cpu = time.perf_counter(), time.process_time()
+        with jax.profiler.trace(trace_dir):
+            for _ in range(steps):
+                state, loss = step(state, data)
+            jax.block_until_ready(loss)
+        wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+        profile = ProfileData.from_file(str(next(Path(trace_dir).rglob("*.xplane.pb"))))
+        totals: dict[str, float] = collections.Counter()
+        for plane in profile.planes:
+            for line in plane.lines:
+                if not line.name.startswith("tf_XLA"):  # XLA's worker threads; skips python and the wrappers
+                    continue
+                for event in line.events:
+                    if not event.name.startswith(("ThunkExecutor", "end: ")):
+                        totals[event.name] += event.duration_ns * 1e-9
+    return totals, wall, cpu
+
+
+def main(argv: list[str]) -> None:
+    own = argparse.ArgumentParser(description=__doc__.splitlines()[0], add_help=False)
+    own.add_argument("--steps", type=int, default=20, help="traced steps (default: %(default)s)")
+    own.add_argument("--top", type=int, default=15, help="components listed (default: %(default)s)")
+    args, rest = own.parse_known_args(argv)
+    config = parse_train_args(rest, prog="profile_step.py", description="")
+    dataset = load_dataset(config.data_path, config.block_size)
+    model_config = dataclasses.replace(config.model, vocab_size=dataset.tokenizer.vocab_size,
+                                       dtype=resolve_dtype(config.model.dtype))
+    config = dataclasses.replace(config, model=model_config)
+    model, tx = build_model(config), make_optimizer(config)
+    state, data = init_state(config, model, tx), jnp.asarray(dataset.train)
+    compiled = make_train_step(config, model, tx).lower(state, data).compile()
+    state, loss = compiled(state, data)  # warm up
+    jax.block_until_ready(loss)
+    names = op_names(compiled.as_text())
+    totals, wall, cpu = trace_op_times(compiled, state, data, args.steps)
+
+    by_pass, by_component = collections.Counter(), collections.Counter()
+    for event, seconds in totals.items():
+        pass_, component = classify(names.get(event, event))
+        by_pass[pass_] += seconds / args.steps
+        by_component[f"{pass_:>8}  {component}"] += seconds / args.steps
+    op_total = sum(by_pass.values())
+    m = config.model
+    print(f"config: {' '.join(rest) or '(defaults)'}; B={config.batch_size} T={m.block_size} L={m.n_layer} "
+          f"C={m.n_embd} dropout={m.dropout} dtype={m.dtype} attention={m.attention}")
+    print(f"{jax.devices()[0].device_kind}, {jax.local_device_count()} device(s); {args.steps} traced steps")
+    print(f"per step: wall {wall / args.steps * 1e3:.2f} ms, process CPU {cpu / args.steps * 1e3:.2f} ms, "
+          f"XLA op time {op_total * 1e3:.2f} ms (all threads)")
+    print("\nby pass:")
+    for name, seconds in by_pass.most_common():
+        print(f"  {name:<14} {seconds * 1e3:10.2f} ms  {100 * seconds / op_total:5.1f}%")
+    print(f"\ntop {args.top} components:")
+    for name, seconds in by_component.most_common(args.top):
+        print(f"  {seconds * 1e3:10.2f} ms  {100 * seconds / op_total:5.1f}%  {name}")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
