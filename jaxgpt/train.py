@@ -54,6 +54,12 @@ class TrainState(struct.PyTreeNode):
     opt_state: Any
     first_bad_step: jax.Array  # () int32: first step whose loss or params became non-finite; -1 while none
 
+    @classmethod
+    def fresh(cls, params, tx: optax.GradientTransformation) -> TrainState:
+        """Step 0: `params` with a new optimizer state."""
+        return cls(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
+                   first_bad_step=jnp.full((), -1, jnp.int32))
+
 
 def build_model(config: TrainConfig) -> nn.Module:
     if config.model_type == "bigram":
@@ -68,8 +74,7 @@ def stream_key(seed: int, stream: int) -> jax.Array:
 def init_state(config: TrainConfig, model: nn.Module, tx: optax.GradientTransformation) -> TrainState:
     dummy = jnp.zeros((1, config.block_size), jnp.int32)
     params = model.init(stream_key(config.seed, INIT_STREAM), dummy)["params"]
-    return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
-                      first_bad_step=jnp.full((), -1, jnp.int32))
+    return TrainState.fresh(params, tx)
 
 
 def all_finite(tree) -> jax.Array:

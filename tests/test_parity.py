@@ -232,7 +232,7 @@ def test_train_step_matches_pytorch_training(shakespeare_text):
     data = jnp.asarray([chars.index(ch) for ch in shakespeare_text[:5000]], jnp.int32)
     params = random_params(config.model, np.random.default_rng(0), scale=0.2)
     tx = make_optimizer(config)
-    state = TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params))
+    state = TrainState.fresh(params, tx)
     placement = sharding.Placement.for_state(sharding.make_mesh(1, jax.devices()[:1]), state)
     train_step = make_train_step(config, GPT(config.model), tx, placement)
     model = torch_model(config.model, "lecture")
