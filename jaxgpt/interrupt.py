@@ -1,7 +1,9 @@
 """Stopping a run cleanly on SIGINT (Ctrl-C) or SIGTERM (preemption): finish the step, save, then exit.
 
 The signal handler only records the request; the training loop looks at it after each step. A second
-signal stops at once (KeyboardInterrupt) without waiting for the checkpoint.
+signal stops at once (KeyboardInterrupt) without waiting for the checkpoint. In a multi-process run all
+processes must stop after the same step (the checkpoint is written by all of them), so they agree on it
+every `AGREE_EVERY` steps with one tiny all-gather.
 """
 
 from __future__ import annotations
@@ -11,6 +13,11 @@ import dataclasses
 import signal
 import sys
 from collections.abc import Iterator
+
+import jax
+import numpy as np
+
+AGREE_EVERY = 50  # steps between the processes' agreement on stopping (multi-process runs only)
 
 
 @dataclasses.dataclass
@@ -23,10 +30,20 @@ class StopRequest:
     def requested(self) -> bool:
         return self.signum is not None
 
+    def agreed(self, step: int) -> bool:
+        """Stop after `step`? At once with one process; with several, when any asked at an agreement step."""
+        if jax.process_count() == 1:
+            return self.requested
+        if step % AGREE_EVERY:
+            return False
+        from jax.experimental import multihost_utils
+
+        return bool(multihost_utils.process_allgather(np.asarray(self.requested)).any())
+
     @property
     def exit_code(self) -> int:
         """The shell convention for a process ended by a signal: 128 + its number (130 for SIGINT)."""
-        return 128 + (self.signum or 0)
+        return 128 + (self.signum or signal.SIGTERM)  # stopped because another process was signalled
 
 
 @contextlib.contextmanager

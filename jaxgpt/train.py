@@ -344,11 +344,13 @@ def train_loop(config: TrainConfig, model: nn.Module, tx: optax.GradientTransfor
     step = int(state.step)
     if step == 0 and not config.resume:
         evaluate(0, 0, 0.0)
+    if step >= config.max_iters:
+        log(f"step {step} is already max_iters {config.max_iters}: nothing to train (raise --max_iters to go on)")
     evals = set(eval_steps(config))
     bar = tqdm(initial=step, total=config.max_iters, disable=not (config.progress and main_process),
                dynamic_ncols=True, leave=False, file=sys.stderr)
     tic, first = time.perf_counter(), step
-    while step < config.max_iters and not stop.requested:
+    while step < config.max_iters and not stop.agreed(step):
         state, loss = train_step(state, train_data)
         step += k
         bar.update(k)
@@ -396,8 +398,9 @@ def main(argv: list[str] | None = None) -> None:
     with stop_on_signals() as stop:
         result = train(config, stop=stop)
     if result.interrupted:
-        print(f"interrupted at step {int(result.state.step)}, checkpoint saved; resume with: python -m jaxgpt.train "
-              f"--out_dir={shlex.quote(config.out_dir)} --resume", file=sys.stderr)
+        if sharding.is_main_process():
+            print(f"interrupted at step {int(result.state.step)}, checkpoint saved; resume with: python -m "
+                  f"jaxgpt.train --out_dir={shlex.quote(config.out_dir)} --resume", file=sys.stderr)
         sys.exit(stop.exit_code)
 
 
