@@ -82,8 +82,10 @@ class GPTConfig:
         return self.n_embd // self.n_head
 
     @property
-    def compute_dtype(self) -> jnp.dtype:
-        return jnp.dtype(resolve_dtype(self.dtype))
+    def compute_dtype(self) -> jnp.dtype | None:
+        """bfloat16, or None: compute in the parameters' own dtype (float32; float64 under jax_enable_x64)."""
+        resolved = resolve_dtype(self.dtype)
+        return None if resolved == "float32" else jnp.dtype(resolved)
 
 
 def resolve_dtype(dtype: str, backend: str | None = None) -> str:
@@ -97,7 +99,7 @@ def _nearest_divisor(n: int, near: int) -> int:
     return min((d for d in range(1, n + 1) if n % d == 0), key=lambda d: (abs(d - near), d))
 
 
-def _dense(features: int, name: str, use_bias: bool, dtype: jnp.dtype) -> nn.Dense:
+def _dense(features: int, name: str, use_bias: bool, dtype: jnp.dtype | None) -> nn.Dense:
     return nn.Dense(features, use_bias=use_bias, dtype=dtype, param_dtype=jnp.float32, kernel_init=_weight_init,
                     bias_init=nn.initializers.zeros, dot_general=dense_dot_general, name=name)
 
@@ -125,7 +127,8 @@ def causal_attention(q: jax.Array, k: jax.Array, v: jax.Array, implementation: A
     if mask is None:
         mask = jnp.tril(jnp.ones((T, T), dtype=bool))  # the future does not talk to the past
     # affinities, scaled so that unit-variance q, k give unit-variance scores
-    wei = jnp.einsum("bqhd,bkhd->bhqk", q, k, preferred_element_type=jnp.float32) * hs**-0.5  # (B, nh, Tq, Tk)
+    score_dtype = jnp.promote_types(q.dtype, jnp.float32)  # float32, or float64 in x64 tests
+    wei = jnp.einsum("bqhd,bkhd->bhqk", q, k, preferred_element_type=score_dtype) * hs**-0.5  # (B, nh, Tq, Tk)
     wei = jnp.where(mask, wei, -jnp.inf)
     wei = dropout(jax.nn.softmax(wei, axis=-1))
     return jnp.einsum("bhqk,bkhd->bqhd", wei.astype(v.dtype), v)
