@@ -48,6 +48,16 @@ RUN_ENTRIES = ("config.json", "tokenizer.json", "metrics.jsonl", "loss.png", CHE
                UNUSABLE_DIR, PARAMS_DIR)
 
 
+def remove_run(out_dir: str | os.PathLike) -> None:
+    """Delete what a run wrote into out_dir (RUN_ENTRIES), leaving any other file there alone."""
+    for name in RUN_ENTRIES:
+        path = Path(out_dir) / name
+        if path.is_dir():
+            shutil.rmtree(path)
+        elif path.exists():
+            path.unlink()
+
+
 def _manager(directory: Path, keep: int | None) -> ocp.CheckpointManager:
     """A manager that writes (keeping the latest `keep` steps) or, with keep=None, only reads."""
     writing = keep is not None

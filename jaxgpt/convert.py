@@ -31,6 +31,7 @@ import numpy as np
 from flax import traverse_util
 
 from jaxgpt import checkpoint
+from jaxgpt.cli import ArgumentParser
 from jaxgpt.config import TrainConfig
 from jaxgpt.data import CharTokenizer, read_text, resolve_data_path
 from jaxgpt.errors import UsageError, run_cli
@@ -368,6 +369,7 @@ def write_run_dir(out_dir: Path, config: TrainConfig, params, tokenizer: CharTok
         tokenizer.save(staging / "tokenizer.json")
         checkpoint.save_params(staging, params)
         out_dir.mkdir(exist_ok=True)
+        checkpoint.remove_run(out_dir)  # --overwrite: no checkpoints of an earlier training run stay behind
         for entry in staging.iterdir():
             target = out_dir / entry.name
             if target.is_dir():
@@ -378,7 +380,7 @@ def write_run_dir(out_dir: Path, config: TrainConfig, params, tokenizer: CharTok
 
 
 def _parse_args(argv: list[str]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m jaxgpt.convert", description=__doc__.splitlines()[0])
+    parser = ArgumentParser(prog="python -m jaxgpt.convert", description=__doc__.splitlines()[0])
     parser.add_argument("model", metavar="MODEL.pt", help="torch.save(model.state_dict()) file or nanoGPT ckpt.pt")
     parser.add_argument("out_dir", metavar="OUT_DIR", help="the jaxgpt run directory to write")
     parser.add_argument("--tokenizer", metavar="FILE", help="the training text or a tokenizer.json "

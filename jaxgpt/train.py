@@ -13,7 +13,6 @@ import json
 import math
 import os
 import shlex
-import shutil
 import sys
 import tempfile
 import time
@@ -189,12 +188,7 @@ def prepare_out_dir(config: TrainConfig) -> Path:
     if not sharding.is_main_process():
         return out_dir
     if config.overwrite and out_dir.is_dir():
-        for name in checkpoint.RUN_ENTRIES:  # only what a run writes: other files stay
-            path = out_dir / name
-            if path.is_dir():
-                shutil.rmtree(path)
-            elif path.exists():
-                path.unlink()
+        checkpoint.remove_run(out_dir)
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryFile(dir=out_dir):

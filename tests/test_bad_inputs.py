@@ -3,7 +3,7 @@
 Command-line rows run `python -m jaxgpt.train`'s main in-process through `run_cli`: exit status 2, exactly
 one line on stderr, no traceback (one row also runs the real command). API rows call the function and expect
 a UsageError. README's "Troubleshooting" section lists the same table; flag-parsing mistakes (unknown flag,
-wrong type, bad choice) are in tests/test_cli.py.
+wrong type, bad choice) are in tests/test_cli.py, a PyTorch checkpoint's contents in tests/test_convert.py.
 """
 
 from __future__ import annotations
@@ -15,6 +15,8 @@ import sys
 import types
 from pathlib import Path
 
+import jax
+import numpy as np
 import pytest
 
 from jaxgpt import checkpoint
@@ -189,3 +191,41 @@ def test_checkpoint_load(case, prepare, step, message, error, paths, tmp_path):
     assert message.format(run=run) in str(raised.value)
     if error is JaxgptError:
         assert not isinstance(raised.value, UsageError)
+
+
+# python -m jaxgpt.convert MODEL.pt OUT_DIR: its argument parsing (the checkpoint's contents are tested in
+# tests/test_convert.py::test_cli_errors_are_one_line_and_leave_no_output).
+CONVERT_ROWS = [
+    ("no arguments", [], "the following arguments are required: MODEL.pt, OUT_DIR"),
+    ("heads not a number", ["model.pt", "out", "--n_head=abc"], "argument --n_head: invalid int value: 'abc'"),
+    ("unknown flag", ["model.pt", "out", "--heads=2"], "unrecognized arguments: --heads=2"),
+]
+
+
+@pytest.mark.parametrize(("case", "args", "message"), CONVERT_ROWS, ids=[row[0] for row in CONVERT_ROWS])
+def test_convert_cli(case, args, message, capsys):
+    from jaxgpt.convert import main as convert_main
+
+    with pytest.raises(SystemExit) as exited:
+        run_cli(convert_main, args)
+    stderr = capsys.readouterr().err.strip()
+    assert exited.value.code == 2 and stderr == f"error: {message}", stderr
+
+
+def test_convert_overwrite_replaces_a_training_run(paths, tmp_path):
+    """--overwrite into a trained run leaves no checkpoints behind that load() would prefer to the new weights."""
+    import torch
+
+    from jaxgpt.convert import main as convert_main
+    from jaxgpt.convert import to_torch_state_dict
+
+    run = shutil.copytree(paths["run"], tmp_path / "run")
+    config, params, _ = checkpoint.load(run)
+    doubled = jax.tree_util.tree_map(lambda x: 2 * x, params)
+    torch.save(to_torch_state_dict(doubled, config.model, "lecture"), tmp_path / "model.pt")
+    run_cli(convert_main, [str(tmp_path / "model.pt"), str(run), "--tokenizer", str(run / "tokenizer.json"),
+                           "--overwrite"])
+    assert sorted(p.name for p in run.iterdir()) == ["config.json", "params", "tokenizer.json"]
+    _, loaded, _ = checkpoint.load(run)
+    for a, b in zip(jax.tree_util.tree_leaves(loaded), jax.tree_util.tree_leaves(doubled), strict=True):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
