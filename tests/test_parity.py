@@ -32,6 +32,7 @@ from jaxgpt import sharding
 from jaxgpt.config import TrainConfig
 from jaxgpt.convert import to_torch_state_dict
 from jaxgpt.data import get_batch
+from jaxgpt.layers import Dropout
 from jaxgpt.model import GPT, GPTConfig
 from jaxgpt.optim import make_optimizer
 from jaxgpt.train import TRAIN_STREAM, TrainState, cross_entropy, make_train_step, stream_key
@@ -250,7 +251,7 @@ def test_train_step_matches_pytorch_training(shakespeare_text):
 
 
 class DropoutRecorder:
-    """Records every nn.Dropout call of a flax apply: its module path, input and output."""
+    """Records every jaxgpt Dropout call of a flax apply: its module path, input and output."""
 
     def __init__(self):
         self.paths: list[tuple[str, ...]] = []
@@ -259,7 +260,7 @@ class DropoutRecorder:
 
     def __call__(self, next_fun, args, kwargs, context):
         out = next_fun(*args, **kwargs)
-        if isinstance(context.module, nn.Dropout) and context.method_name == "__call__":
+        if isinstance(context.module, Dropout) and context.method_name == "__call__":
             self.paths.append(tuple(context.module.path))
             self.inputs.append(args[0])
             self.outputs.append(out)
