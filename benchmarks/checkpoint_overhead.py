@@ -13,7 +13,6 @@ Usage:
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import datetime
 import os
 import platform
@@ -30,18 +29,14 @@ from jaxgpt import checkpoint, sharding
 from jaxgpt import train as train_module
 from jaxgpt.config import load_config
 from jaxgpt.data import load_dataset
-from jaxgpt.optim import make_optimizer
 
 
 def setup(name: str, data_path: str | None):
     config = load_config(name)
     dataset = load_dataset(data_path, config.block_size)
-    config = dataclasses.replace(config, model=dataclasses.replace(config.model,
-                                                                   vocab_size=dataset.tokenizer.vocab_size))
-    model, tx = train_module.build_model(config), make_optimizer(config)
-    state = train_module.init_state(config, model, tx)
-    placement = sharding.Placement.for_state(sharding.make_mesh(), jax.eval_shape(lambda: state))
-    return config, model, tx, placement, jax.device_put(state, placement.state), dataset
+    config = train_module.for_dataset(config, dataset)
+    model, tx, placement, state = train_module.build_run(config, sharding.make_mesh(config.fsdp))
+    return config, model, tx, placement, state, dataset
 
 
 def steps_per_second(config, model, tx, placement, state, data, steps: int, check: bool) -> float:
@@ -77,24 +72,27 @@ def main() -> None:
     parser.add_argument("--data_path", default=os.environ.get("JAXGPT_DATA"), help="tiny Shakespeare input.txt")
     parser.add_argument("--steps", type=int, default=300, help="train steps per throughput measurement")
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--configs", default="small,lecture",
+                        help="configs whose state is saved; the first one's train step is timed (default: %(default)s)")
     args = parser.parse_args()
     print(f"date: {datetime.date.today()}  machine: {platform.processor() or platform.machine()}, "
           f"{os.cpu_count()} cores  devices: {jax.devices()}  load: {os.getloadavg()[0]:.2f}")
     print(f"command: {' '.join(sys.argv)}")
 
-    config, model, tx, placement, state, dataset = setup("small", args.data_path)
+    names = args.configs.split(",")
+    config, model, tx, placement, state, dataset = setup(names[0], args.data_path)
     data = placement.replicate(dataset.train)
     rates = {True: [], False: []}
     for _ in range(args.repeats):
         for check in (False, True):
             rates[check].append(steps_per_second(config, model, tx, placement, state, data, args.steps, check))
     with_check, without = statistics.median(rates[True]), statistics.median(rates[False])
-    print(f"\nsmall train step, median of {args.repeats} x {args.steps} steps:")
+    print(f"\n{names[0]} train step, median of {args.repeats} x {args.steps} steps:")
     print(f"  without the non-finite check {without:8.1f} steps/s")
     print(f"  with the non-finite check    {with_check:8.1f} steps/s  ({100 * (without / with_check - 1):+.1f}% time)")
 
     print(f"\nasynchronous checkpoint save, median of {args.repeats}:")
-    for name in ("small", "lecture"):
+    for name in names:
         state = setup(name, args.data_path)[4]
         megabytes = sum(x.nbytes for x in jax.tree_util.tree_leaves((state.params, state.opt_state))) / 1e6
         blocking, complete = save_times(state, args.repeats)

@@ -8,7 +8,8 @@ it). The "beyond block_size" row is derived: (2000 - 255) / (t_2000 - t_255). ja
 `--repeats` runs after compiling; its compile time (first call minus best run) is reported separately. PyTorch
 runs each case once. Batch scaling adds jaxgpt with 2 and 4 samples. "weights-only floor" times a jitted scan
 doing only each token's products with the weight matrices (no attention, no sampling): the limit that streaming
-42.5 MB of weights per step sets on this machine.
+42.5 MB of weights per step sets on this machine. With JAXGPT_SMOKE=1 a tiny model and short cases only check
+that the script runs (the tests do this).
 """
 
 from __future__ import annotations
@@ -29,8 +30,9 @@ from jaxgpt.sample import generate
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from torch_reference import GPTLanguageModel, load_jaxgpt_params  # noqa: E402
 
-CASES = [(1, 255), (8, 255), (1, 2000)]  # (samples, new tokens)
-SCALING_BATCHES = [1, 2, 4, 8]  # with 255 new tokens
+SCALING_BATCHES = [1, 2, 4, 8]  # samples, with block_size - 1 new tokens
+LONG = 2000  # new tokens of the case that runs beyond block_size
+SMOKE = os.environ.get("JAXGPT_SMOKE") == "1"  # a tiny model and short cases: checks that the script runs (CI)
 
 
 def time_jaxgpt(config: GPTConfig, params, batch: int, new_tokens: int, repeats: int) -> tuple[float, float]:
@@ -57,7 +59,7 @@ def time_torch(model, batch: int, new_tokens: int) -> float:
     return time.perf_counter() - tic
 
 
-def weights_only_floor(params, n_layer: int, batch: int, steps: int = 255) -> float:
+def weights_only_floor(params, n_layer: int, batch: int, steps: int) -> float:
     """Tokens/s of a jitted scan doing only each token's products with the weight matrices."""
     blocks = [params[f"blocks_{i}"] for i in range(n_layer)]
 
@@ -88,6 +90,9 @@ def main() -> None:
     args = parser.parse_args()
 
     config = GPTConfig(dropout=0.0)  # the lecture's architecture; vocab 65, block_size 256
+    if SMOKE:
+        config = GPTConfig(block_size=16, n_layer=1, n_head=2, n_embd=32, dropout=0.0)
+    within, long = config.block_size - 1, LONG if not SMOKE else 40  # new tokens from a 1-token prompt
     params = GPT(config).init(jax.random.key(0), jnp.zeros((1, config.block_size), jnp.int32))["params"]
     print(f"{time.strftime('%Y-%m-%d %H:%M')}  {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
           f"jax {jax.__version__} ({jax.default_backend()}), load average {os.getloadavg()[0]:.2f}")
@@ -103,7 +108,7 @@ def main() -> None:
         print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
 
     rows = {}
-    for batch, new_tokens in CASES:
+    for batch, new_tokens in [(1, within), (8, within), (1, long)]:
         seconds, compile_s = time_jaxgpt(config, params, batch, new_tokens, args.repeats)
         torch_s = time_torch(torch_model, batch, new_tokens) if torch_model is not None else float("nan")
         rows[batch, new_tokens] = (seconds, compile_s, torch_s)
@@ -118,13 +123,13 @@ def main() -> None:
 
     for (batch, new_tokens), (seconds, compile_s, torch_s) in rows.items():
         row(f"{batch} sample(s) x {new_tokens} new", batch * new_tokens, seconds, torch_s, compile_s)
-    (short, _, torch_short), (long, _, torch_long) = rows[1, 255], rows[1, 2000]
-    row("1 sample beyond block_size (derived)", 2000 - 255, long - short, torch_long - torch_short)
-    rates = {b: b * 255 / rows[b, 255][0] if (b, 255) in rows else
-             b * 255 / time_jaxgpt(config, params, b, 255, args.repeats)[0] for b in SCALING_BATCHES}
-    print("\njaxgpt, 255 new tokens, tok/s by samples: " + ", ".join(f"{b}: {r:.0f}" for b, r in rates.items())
+    (short_s, _, torch_short_s), (long_s, _, torch_long_s) = rows[1, within], rows[1, long]
+    row("1 sample beyond block_size (derived)", long - within, long_s - short_s, torch_long_s - torch_short_s)
+    rates = {b: b * within / rows[b, within][0] if (b, within) in rows else
+             b * within / time_jaxgpt(config, params, b, within, args.repeats)[0] for b in SCALING_BATCHES}
+    print(f"\njaxgpt, {within} new tokens, tok/s by samples: " + ", ".join(f"{b}: {r:.0f}" for b, r in rates.items())
           + f"  (8 vs 1: {rates[8] / rates[1]:.1f}x)")
-    floors = {b: weights_only_floor(params, config.n_layer, b) for b in (1, 8)}
+    floors = {b: weights_only_floor(params, config.n_layer, b, within) for b in (1, 8)}
     print(f"weights-only floor, tok/s: 1 sample {floors[1]:.0f}, 8 samples {floors[8]:.0f}"
           f"  (8 vs 1: {floors[8] / floors[1]:.1f}x)")
     print(f"load average at the end: {os.getloadavg()[0]:.2f}")

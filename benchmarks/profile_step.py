@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import collections
-import dataclasses
 import re
 import sys
 import tempfile
@@ -21,14 +20,12 @@ import time
 from pathlib import Path
 
 import jax
-import jax.numpy as jnp
 from jax.profiler import ProfileData
 
+from jaxgpt import sharding
 from jaxgpt.cli import parse_train_args
 from jaxgpt.data import load_dataset
-from jaxgpt.model import resolve_dtype
-from jaxgpt.optim import make_optimizer
-from jaxgpt.train import build_model, init_state, make_train_step
+from jaxgpt.train import build_run, for_dataset, make_train_step
 
 _INSTRUCTION = re.compile(r"^\s*(?:ROOT )?%?([\w.\-]+) = .*?op_name=\"([^\"]*)\"", re.MULTILINE)
 
@@ -79,33 +76,33 @@ def trace_op_times(step, state, data, steps: int) -> tuple[dict[str, float], flo
 
 def main(argv: list[str]) -> None:
     own = argparse.ArgumentParser(description=__doc__.splitlines()[0], add_help=False)
-    own.add_argument("--steps", type=int, default=20, help="traced steps (default: %(default)s)")
+    own.add_argument("--steps", type=int, default=20, help="traced calls of the step (default: %(default)s)")
     own.add_argument("--top", type=int, default=15, help="components listed (default: %(default)s)")
     args, rest = own.parse_known_args(argv)
     config = parse_train_args(rest, prog="profile_step.py", description="")
     dataset = load_dataset(config.data_path, config.block_size)
-    model_config = dataclasses.replace(config.model, vocab_size=dataset.tokenizer.vocab_size,
-                                       dtype=resolve_dtype(config.model.dtype))
-    config = dataclasses.replace(config, model=model_config)
-    model, tx = build_model(config), make_optimizer(config)
-    state, data = init_state(config, model, tx), jnp.asarray(dataset.train)
-    compiled = make_train_step(config, model, tx).lower(state, data).compile()
+    config = for_dataset(config, dataset)
+    model, tx, placement, state = build_run(config, sharding.make_mesh(config.fsdp))
+    data = placement.replicate(dataset.train)
+    compiled = make_train_step(config, model, tx, placement).lower(state, data).compile()
     state, loss = compiled(state, data)  # warm up
     jax.block_until_ready(loss)
     names = op_names(compiled.as_text())
     totals, wall, cpu = trace_op_times(compiled, state, data, args.steps)
 
+    steps = args.steps * config.steps_per_call  # each call runs steps_per_call train steps
     by_pass, by_component = collections.Counter(), collections.Counter()
     for event, seconds in totals.items():
         pass_, component = classify(names.get(event, event))
-        by_pass[pass_] += seconds / args.steps
-        by_component[f"{pass_:>8}  {component}"] += seconds / args.steps
+        by_pass[pass_] += seconds / steps
+        by_component[f"{pass_:>8}  {component}"] += seconds / steps
     op_total = sum(by_pass.values())
     m = config.model
     print(f"config: {' '.join(rest) or '(defaults)'}; B={config.batch_size} T={m.block_size} L={m.n_layer} "
           f"C={m.n_embd} dropout={m.dropout} dtype={m.dtype} attention={m.attention}")
-    print(f"{jax.devices()[0].device_kind}, {jax.local_device_count()} device(s); {args.steps} traced steps")
-    print(f"per step: wall {wall / args.steps * 1e3:.2f} ms, process CPU {cpu / args.steps * 1e3:.2f} ms, "
+    print(f"{jax.devices()[0].device_kind}, {jax.local_device_count()} device(s); {args.steps} traced calls of "
+          f"{config.steps_per_call} step(s); the profiler slows small steps down")
+    print(f"per step: wall {wall / steps * 1e3:.2f} ms, process CPU {cpu / steps * 1e3:.2f} ms, "
           f"XLA op time {op_total * 1e3:.2f} ms (all threads)")
     print("\nby pass:")
     for name, seconds in by_pass.most_common():

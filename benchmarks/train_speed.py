@@ -7,7 +7,7 @@ Implementations, each in its own worker process (so each has its own peak memory
                  forward, backward and AdamW update in one XLA call
   torch lecture  tests/torch_reference.py with the lecture's loop: get_batch (torch.randint + stack),
                  forward, zero_grad, backward, AdamW step
-  torch nanoGPT  benchmarks/torch_nanogpt.py (fused qkv + F.scaled_dot_product_attention), same loop
+  torch nanoGPT  benchmarks/torch_sdpa_gpt.py (fused qkv + F.scaled_dot_product_attention), same loop
 The parent process asks the workers for timed runs in turn (round robin) and reports the median of the
 rounds, so slow phases of a shared machine hit every implementation alike. It also measures the
 machine's float32 matmul peak (jnp.dot and torch.mm of 2048 x 2048 matrices) to compare GFLOP/s against.
@@ -75,25 +75,22 @@ def _torch_matmul_gflops() -> float:
 
 def _jax_runner(config_args: list[str], steps_per_call: int | None):
     import jax
-    import jax.numpy as jnp
 
+    from jaxgpt import sharding
     from jaxgpt.cli import parse_train_args
     from jaxgpt.data import load_dataset
-    from jaxgpt.model import resolve_dtype
-    from jaxgpt.optim import make_optimizer
-    from jaxgpt.train import build_model, init_state, make_train_step, resolved_steps_per_call
+    from jaxgpt.train import build_run, for_dataset, make_train_step, resolved_steps_per_call
 
     baseline = _rss_mib()
     override = [f"--steps_per_call={steps_per_call}"] if steps_per_call else []  # else the config's own
     config = parse_train_args([*config_args, *override], prog="jaxgpt", description="")
     dataset = load_dataset(config.data_path, config.block_size)
-    model_config = dataclasses.replace(config.model, vocab_size=dataset.tokenizer.vocab_size,
-                                       dtype=resolve_dtype(config.model.dtype))
-    config = dataclasses.replace(config, model=model_config, steps_per_call=resolved_steps_per_call(config))
-    model, tx = build_model(config), make_optimizer(config)
-    state, data = init_state(config, model, tx), jnp.asarray(dataset.train)
+    config = for_dataset(config, dataset)
+    config = dataclasses.replace(config, steps_per_call=resolved_steps_per_call(config))
+    model, tx, placement, state = build_run(config, sharding.make_mesh(config.fsdp))
+    data = placement.replicate(dataset.train)
     tic = time.perf_counter()
-    step = make_train_step(config, model, tx).lower(state, data).compile()
+    step = make_train_step(config, model, tx, placement).lower(state, data).compile()
     compile_s = time.perf_counter() - tic
     memory = step.memory_analysis()
     xla_mib = (memory.argument_size_in_bytes + memory.temp_size_in_bytes) / 2**20 if memory else None
@@ -115,8 +112,8 @@ def _torch_runner(impl: str, config_args: list[str], threads: int):
     import torch
 
     sys.path[:0] = [str(REPO / "tests"), str(REPO / "benchmarks")]
-    from torch_nanogpt import GPT
     from torch_reference import GPTLanguageModel
+    from torch_sdpa_gpt import GPT
 
     from jaxgpt.cli import parse_train_args
     from jaxgpt.data import load_dataset

@@ -1,0 +1,40 @@
+"""Every script in benchmarks/ runs end to end on a tiny model, so none of them rots unnoticed.
+
+The figures they print here mean nothing (tiny sizes, a shared CI machine); the checks are that each script
+finishes and prints the table or summary it exists for. Real measurements: benchmarks/RESULTS.md.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+TINY = ["--n_layer=1", "--n_head=2", "--n_embd=16", "--block_size=8", "--batch_size=4"]
+
+
+def run_script(name: str, *args: str, data_path: str, smoke: bool = False) -> str:
+    env = {**os.environ, "JAXGPT_DATA": data_path, "JAXGPT_SMOKE": "1" if smoke else "0"}
+    result = subprocess.run([sys.executable, str(BENCHMARKS / name), *args], capture_output=True, text=True,
+                            env=env, timeout=600)
+    assert result.returncode == 0, f"{name} failed:\n{result.stdout[-2000:]}\n{result.stderr[-4000:]}"
+    return result.stdout
+
+
+@pytest.mark.parametrize("name, args, expected", [
+    ("train_speed.py", ["--configs=tiny", "--rounds=1", "--seconds=0.05", *TINY],
+     "summary: tiny: jaxgpt is"),
+    ("profile_step.py", ["--config=tiny", "--steps=2", *TINY], "by pass:"),
+    ("checkpoint_overhead.py", ["--steps=3", "--repeats=1", "--configs=tiny"], "save blocks"),
+    ("train_small_vs_lecture.py", ["--max_iters=20", "--eval_interval=10", "--eval_iters=2"],
+     "jaxgpt wall time / lecture wall time"),
+    ("recipe_vs_lecture.py", ["--max_iters=20", "--eval_interval=10", "--eval_iters=2"], "nanoGPT"),
+    ("generate_speed.py", ["--repeats=1"], "weights-only floor"),
+])
+def test_benchmark_script_runs(name, args, expected, shakespeare_path):
+    out = run_script(name, *args, data_path=str(shakespeare_path), smoke=name == "generate_speed.py")
+    assert expected in out, out[-3000:]
