@@ -31,6 +31,7 @@ from tqdm.auto import tqdm
 from jaxgpt import checkpoint, sharding
 from jaxgpt.cli import parse_train_args
 from jaxgpt.config import TrainConfig
+from jaxgpt.cpu_memory import retain_freed_memory
 from jaxgpt.data import Dataset, get_batch, load_dataset
 from jaxgpt.errors import JaxgptError, UsageError, run_cli
 from jaxgpt.interrupt import StopRequest, stop_on_signals
@@ -74,6 +75,28 @@ def init_state(config: TrainConfig, model: nn.Module, tx: optax.GradientTransfor
     dummy = jnp.zeros((1, config.block_size), jnp.int32)
     params = model.init(stream_key(config.seed, INIT_STREAM), dummy)["params"]
     return TrainState.fresh(params, tx)
+
+
+def for_dataset(config: TrainConfig, dataset: Dataset) -> TrainConfig:
+    """`config` with the model's vocab_size taken from the dataset's tokenizer and dtype "auto" resolved."""
+    model_config = dataclasses.replace(config.model, vocab_size=dataset.tokenizer.vocab_size,
+                                       dtype=resolve_dtype(config.model.dtype))
+    return dataclasses.replace(config, model=model_config)
+
+
+def build_run(config: TrainConfig, mesh: jax.sharding.Mesh) -> tuple[nn.Module, optax.GradientTransformation,
+                                                                     sharding.Placement, TrainState]:
+    """The model, optimizer, placement on `mesh` and step-0 train state of a config resolved by `for_dataset`.
+
+    On CPU this also makes the process keep freed memory (jaxgpt.cpu_memory): every step reuses its buffers.
+    """
+    if jax.default_backend() == "cpu":
+        retain_freed_memory()
+    model, tx = build_model(config), make_optimizer(config)
+    init = functools.partial(init_state, config, model, tx)
+    placement = sharding.Placement.for_state(mesh, jax.eval_shape(init))
+    state = jax.jit(init, out_shardings=placement.state)()  # each device creates only its own slices
+    return model, tx, placement, state
 
 
 def all_finite(tree) -> jax.Array:
@@ -255,17 +278,12 @@ def train(config: TrainConfig, log: Callable[[str], None] = print, stop: StopReq
     log = log if main_process else _quiet
     stop = stop or StopRequest()
     dataset = load_dataset(config.data_path, config.block_size)
-    model_config = dataclasses.replace(config.model, vocab_size=dataset.tokenizer.vocab_size,
-                                       dtype=resolve_dtype(config.model.dtype))
-    config = dataclasses.replace(config, model=model_config)
+    config = for_dataset(config, dataset)
     mesh = sharding.make_mesh(config.fsdp)
     sharding.check_batch_size(config.batch_size, mesh)
     out_dir = prepare_out_dir(config)
 
-    model, tx = build_model(config), make_optimizer(config)
-    init = functools.partial(init_state, config, model, tx)
-    placement = sharding.Placement.for_state(mesh, jax.eval_shape(init))
-    state = jax.jit(init, out_shardings=placement.state)()  # each device creates only its own slices
+    model, tx, placement, state = build_run(config, mesh)
     log(f"{count_params(state.params) / 1e6:.6f} M parameters")
     checkpoint.check_free_space(out_dir, (state.params, state.opt_state), copies=config.keep_checkpoints + 2)
     data_sha256 = checkpoint.data_fingerprint(dataset.train, dataset.val)
