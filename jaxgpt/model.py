@@ -110,7 +110,7 @@ def _layer_norm(config: GPTConfig, name: str) -> nn.LayerNorm:
 
 def causal_attention(q: jax.Array, k: jax.Array, v: jax.Array, implementation: Attention,
                      dropout: Callable[[jax.Array], jax.Array], mask: jax.Array | None = None) -> jax.Array:
-    """softmax(q k^T / sqrt(hs), causal) v for every head: q (B, Tq, nh, hs), k, v (B, Tk, nh, hs) -> like q.
+    """softmax(q k^T / sqrt(hs), causal) v for every head: q (B, nh, Tq, hs), k, v (B, nh, Tk, hs) -> like q.
 
     `mask` (Tq, Tk) says which keys each query sees; None means the plain causal mask (Tq == Tk).
 
@@ -120,18 +120,19 @@ def causal_attention(q: jax.Array, k: jax.Array, v: jax.Array, implementation: A
     Scores and softmax are float32 either way.
     """
     if implementation == "dot_product":
+        q, k, v = (x.swapaxes(1, 2) for x in (q, k, v))  # the (B, T, nh, hs) layout it takes
         if mask is None:
-            return jax.nn.dot_product_attention(q, k, v, is_causal=True)
-        return jax.nn.dot_product_attention(q, k, v, mask=mask[None, None])
-    T, hs = q.shape[1], q.shape[-1]
+            return jax.nn.dot_product_attention(q, k, v, is_causal=True).swapaxes(1, 2)
+        return jax.nn.dot_product_attention(q, k, v, mask=mask[None, None]).swapaxes(1, 2)
+    Tq, hs = q.shape[2], q.shape[-1]
     if mask is None:
-        mask = jnp.tril(jnp.ones((T, T), dtype=bool))  # the future does not talk to the past
+        mask = jnp.tril(jnp.ones((Tq, Tq), dtype=bool))  # the future does not talk to the past
     # affinities, scaled so that unit-variance q, k give unit-variance scores
     score_dtype = jnp.promote_types(q.dtype, jnp.float32)  # float32, or float64 in x64 tests
-    wei = jnp.einsum("bqhd,bkhd->bhqk", q, k, preferred_element_type=score_dtype) * hs**-0.5  # (B, nh, Tq, Tk)
+    wei = jnp.einsum("bhqd,bhkd->bhqk", q, k, preferred_element_type=score_dtype) * hs**-0.5  # (B, nh, Tq, Tk)
     wei = jnp.where(mask, wei, -jnp.inf)
     wei = dropout(jax.nn.softmax(wei, axis=-1))
-    return jnp.einsum("bhqk,bkhd->bqhd", wei.astype(v.dtype), v)
+    return jnp.einsum("bhqk,bhkd->bhqd", wei.astype(v.dtype), v)  # (B, nh, Tq, hs)
 
 
 class CausalSelfAttention(nn.Module):
@@ -149,30 +150,30 @@ class CausalSelfAttention(nn.Module):
         cfg = self.config
         B, T, C = x.shape
         nh, hs, dtype = cfg.n_head, cfg.head_size, cfg.compute_dtype
-        # each head's key/query/value, computed for all heads at once: (B, T, nh, hs)
-        q = _dense(C, "query", cfg.qkv_bias, dtype)(x).reshape(B, T, nh, hs)
-        k = _dense(C, "key", cfg.qkv_bias, dtype)(x).reshape(B, T, nh, hs)
-        v = _dense(C, "value", cfg.qkv_bias, dtype)(x).reshape(B, T, nh, hs)
+        def heads(name: str) -> jax.Array:  # each head's keys, queries or values, all heads at once: (B, nh, T, hs)
+            return _dense(C, name, cfg.qkv_bias, dtype)(x).reshape(B, T, nh, hs).swapaxes(1, 2)
+
+        q, k, v = heads("query"), heads("key"), heads("value")
         mask = None  # plain causal
         if cache_index is not None:
-            k, v, mask = self._extend_cache(k, v, cache_index)  # keys and values (B, block_size, nh, hs)
+            k, v, mask = self._extend_cache(k, v, cache_index)  # keys and values (B, nh, block_size, hs)
         weights_dropout = functools.partial(Dropout(cfg.dropout), deterministic=deterministic)
-        out = causal_attention(q, k, v, cfg.attention, weights_dropout, mask).reshape(B, T, C)  # heads concatenated
+        out = causal_attention(q, k, v, cfg.attention, weights_dropout, mask)  # (B, nh, T, hs)
+        out = out.swapaxes(1, 2).reshape(B, T, C)  # heads concatenated
         out = _dense(C, "proj", cfg.bias, dtype)(out)
         return Dropout(cfg.dropout)(out, deterministic=deterministic)
 
     def _extend_cache(self, k: jax.Array, v: jax.Array, index: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
-        """Write k, v (B, T, nh, hs) at positions index.. of the cache -> (keys, values, mask (T, block_size))."""
-        B, T, nh, hs = k.shape
-        # stored heads-first, the layout the attention matmuls read: no transposed copy of the cache per step
+        """Write k, v (B, nh, T, hs) at positions index.. of the cache -> (keys, values, mask (T, block_size))."""
+        B, nh, T, hs = k.shape
         shape = (B, nh, self.config.block_size, hs)
         cached_k = self.variable("cache", "cached_key", jnp.zeros, shape, k.dtype)
         cached_v = self.variable("cache", "cached_value", jnp.zeros, shape, v.dtype)
-        cached_k.value = jax.lax.dynamic_update_slice_in_dim(cached_k.value, k.swapaxes(1, 2), index, axis=2)
-        cached_v.value = jax.lax.dynamic_update_slice_in_dim(cached_v.value, v.swapaxes(1, 2), index, axis=2)
+        cached_k.value = jax.lax.dynamic_update_slice_in_dim(cached_k.value, k, index, axis=2)
+        cached_v.value = jax.lax.dynamic_update_slice_in_dim(cached_v.value, v, index, axis=2)
         query_pos = index + jnp.arange(T)  # (T,)
         causal = jnp.arange(self.config.block_size) <= query_pos[:, None]  # (T, block_size)
-        return cached_k.value.swapaxes(1, 2), cached_v.value.swapaxes(1, 2), causal
+        return cached_k.value, cached_v.value, causal
 
 
 class FeedForward(nn.Module):
