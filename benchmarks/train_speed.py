@@ -1,6 +1,6 @@
 """Training speed of jaxgpt against PyTorch on this machine: the same model, the same batches, in turns.
 
-    python benchmarks/train_speed.py [--quick] [--configs=small,lecture] [--rounds=N]
+    python benchmarks/train_speed.py [--quick] [--configs=small,lecture] [--rounds=N] [--one_at_a_time]
 
 Implementations, each in its own worker process (so each has its own peak memory):
   jaxgpt         the compiled train step `python -m jaxgpt.train` runs (make_train_step): batch sampling,
@@ -9,7 +9,9 @@ Implementations, each in its own worker process (so each has its own peak memory
                  forward, zero_grad, backward, AdamW step
   torch nanoGPT  benchmarks/torch_sdpa_gpt.py (fused qkv + F.scaled_dot_product_attention), same loop
 The parent process asks the workers for timed runs in turn (round robin) and reports the median of the
-rounds, so slow phases of a shared machine hit every implementation alike. It also measures the
+rounds, so slow phases of a shared machine hit every implementation alike. With --one_at_a_time each
+implementation runs all its rounds with no other worker alive (see benchmarks/RESULTS.md for why both
+modes are reported for `lecture`). It also measures the
 machine's float32 matmul peak (jnp.dot and torch.mm of 2048 x 2048 matrices) to compare GFLOP/s against.
 Memory: the worker's peak resident set size (ru_maxrss), and its growth over the RSS after imports,
 which is what the model, optimizer, activations and compiled code took. XLA's own buffer plan for the
@@ -29,6 +31,7 @@ import statistics
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 IMPLEMENTATIONS = ("jaxgpt", "torch lecture", "torch nanoGPT")
@@ -197,34 +200,57 @@ def load_average() -> str:
     return " ".join(f"{x:.2f}" for x in os.getloadavg())
 
 
+def start_worker(spawn, impl: str, k: int | None, config_args: list[str], args: argparse.Namespace, log,
+                 name: str) -> tuple[Measurement, Any, Any]:
+    """Spawn a worker for `impl` and wait until it has built and warmed up (alone: compile time is not shared)."""
+    parent_end, child_end = spawn.Pipe()
+    process = spawn.Process(target=worker, args=(child_end, impl, config_args, args.torch_threads, k))
+    process.start()
+    info = parent_end.recv()
+    log(f"  {name}: {impl} ready (first call {info['first_call_s']:.1f} s)")
+    return Measurement(impl, info["steps_per_call"], info), parent_end, process
+
+
+def time_round(measurement: Measurement, conn, seconds: float) -> None:
+    """One timed run of about `seconds`, appended to the measurement."""
+    k = measurement.steps_per_call
+    per_call = measurement.walls[-1] * k if measurement.walls else measurement.info["first_call_s"]
+    calls = max(1, round(seconds / per_call))
+    conn.send(("run", calls))
+    wall, cpu = conn.recv()
+    measurement.walls.append(wall / (calls * k))
+    measurement.cpus.append(cpu / (calls * k))
+
+
+def stop_worker(measurement: Measurement, conn, process) -> None:
+    conn.send(("stop",))
+    measurement.info.update(conn.recv())
+    process.join()
+
+
 def benchmark_config(name: str, args: argparse.Namespace, log) -> tuple[list[Measurement], dict]:
-    """Start the workers for config `name`, time them in turns, stop them; measurements and peaks."""
+    """Time every implementation on config `name`: in turns (all workers alive), or one worker at a time."""
     config_args = [f"--config={name}", *args.override]
     spawn = multiprocessing.get_context("spawn")
     impls = [("jaxgpt", None)] + [("jaxgpt", k) for k in args.steps_per_call]
     impls += [(impl, None) for impl in IMPLEMENTATIONS[1:] if impl in args.impls]
-    workers = []
-    for impl, k in impls:
-        parent_end, child_end = spawn.Pipe()
-        process = spawn.Process(target=worker, args=(child_end, impl, config_args, args.torch_threads, k))
-        process.start()
-        info = parent_end.recv()  # each builds and warms up alone, so compile time is not shared
-        workers.append((Measurement(impl, info["steps_per_call"], info), parent_end, process))
-        log(f"  {name}: {impl} ready (first call {info['first_call_s']:.1f} s)")
+    if args.one_at_a_time:
+        measurements = []
+        for impl, k in impls:
+            measurement, conn, process = start_worker(spawn, impl, k, config_args, args, log, name)
+            for _ in range(args.rounds):
+                time_round(measurement, conn, args.seconds)
+            stop_worker(measurement, conn, process)
+            measurements.append(measurement)
+            log(f"  {name}: {impl} done, load {load_average()}")
+        return measurements, {"load": load_average()}
+    workers = [start_worker(spawn, impl, k, config_args, args, log, name) for impl, k in impls]
     for round_ in range(args.rounds):
         for measurement, conn, _ in workers:
-            k = measurement.steps_per_call
-            per_call = measurement.walls[-1] * k if measurement.walls else measurement.info["first_call_s"]
-            calls = max(1, round(args.seconds / per_call))
-            conn.send(("run", calls))
-            wall, cpu = conn.recv()
-            measurement.walls.append(wall / (calls * k))
-            measurement.cpus.append(cpu / (calls * k))
+            time_round(measurement, conn, args.seconds)
         log(f"  {name}: round {round_ + 1}/{args.rounds} done, load {load_average()}")
-    for measurement, conn, process in workers:
-        conn.send(("stop",))
-        measurement.info.update(conn.recv())
-        process.join()
+    for worker_ in workers:
+        stop_worker(*worker_)
     return [m for m, _, _ in workers], {"load": load_average()}
 
 
@@ -257,6 +283,9 @@ def main(argv: list[str]) -> None:
     parser.add_argument("--seconds", type=float, help="target seconds per timed run (default: 2 quick, 4 full)")
     parser.add_argument("--steps_per_call", default="", help="extra jaxgpt rows with these steps_per_call "
                                                                   "(comma-separated; the first row uses the config's)")
+    parser.add_argument("--one_at_a_time", action="store_true",
+                        help="run each implementation's rounds alone, its worker the only one alive, instead of "
+                             "in turns (on our VM a large step got slower while the other workers held memory)")
     parser.add_argument("--torch_threads", type=int, default=os.cpu_count(), help="torch.set_num_threads")
     args, args.override = parser.parse_known_args(argv)  # the rest: --field=value for every config
     args.rounds = args.rounds or (3 if args.quick else 5)

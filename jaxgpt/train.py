@@ -31,7 +31,6 @@ from tqdm.auto import tqdm
 from jaxgpt import checkpoint, sharding
 from jaxgpt.cli import parse_train_args
 from jaxgpt.config import TrainConfig
-from jaxgpt.cpu_memory import retain_freed_memory
 from jaxgpt.data import Dataset, get_batch, load_dataset
 from jaxgpt.errors import JaxgptError, UsageError, run_cli
 from jaxgpt.interrupt import StopRequest, stop_on_signals
@@ -86,12 +85,7 @@ def for_dataset(config: TrainConfig, dataset: Dataset) -> TrainConfig:
 
 def build_run(config: TrainConfig, mesh: jax.sharding.Mesh) -> tuple[nn.Module, optax.GradientTransformation,
                                                                      sharding.Placement, TrainState]:
-    """The model, optimizer, placement on `mesh` and step-0 train state of a config resolved by `for_dataset`.
-
-    On CPU this also makes the process keep freed memory (jaxgpt.cpu_memory): every step reuses its buffers.
-    """
-    if jax.default_backend() == "cpu":
-        retain_freed_memory()
+    """The model, optimizer, placement on `mesh` and step-0 train state of a config resolved by `for_dataset`."""
     model, tx = build_model(config), make_optimizer(config)
     init = functools.partial(init_state, config, model, tx)
     placement = sharding.Placement.for_state(mesh, jax.eval_shape(init))
