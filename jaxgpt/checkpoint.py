@@ -66,6 +66,9 @@ def _manager(directory: Path, keep: int | None) -> ocp.CheckpointManager:
         enable_async_checkpointing=writing,  # the loop continues while the files are written
         cleanup_tmp_directories=writing,  # leftovers of a save that was killed
         create=writing,
+        # Orbax names its cross-process barriers after the step; the prefix keeps the latest and the best
+        # manager, which save the same step at once, from waiting on each other's barriers.
+        multiprocessing_options=ocp.options.MultiprocessingOptions(barrier_sync_key_prefix=directory.name),
     )
     handlers = {"params": ocp.StandardCheckpointHandler(), "opt_state": ocp.StandardCheckpointHandler(),
                 "meta": ocp.JsonCheckpointHandler()}

@@ -247,3 +247,43 @@ def test_two_processes_match_one_and_only_process_0_reports(runs):
     assert main_lines[0].endswith("M parameters") and main_lines[-1].startswith("step 20: train loss")
     assert other_lines == []
     assert len(_metrics(run)) == 5  # one line per evaluation: process 1 wrote none
+
+
+SAVE_BOTH_SCRIPT = """
+import sys
+import jax
+import jax.numpy as jnp
+from jaxgpt import sharding
+from jaxgpt.checkpoint import RunCheckpoints
+
+sharding.initialize_distributed(True)
+replicated = jax.sharding.NamedSharding(sharding.make_mesh(), jax.sharding.PartitionSpec())
+params = {"w": jax.make_array_from_callback((8, 8), replicated, lambda index: jnp.ones((8, 8))[index])}
+with RunCheckpoints(sys.argv[1], keep=2) as checkpoints:
+    for step in range(1, 4):  # as at an evaluation that is also a checkpoint step and a new best
+        checkpoints.save(step, params, params, {"step": step})
+        checkpoints.save_best(step, params, {"step": step, "val_loss": 1.0 / step})
+"""
+
+
+def test_two_processes_save_the_latest_and_the_best_checkpoint_of_the_same_step(tmp_path):
+    # orbax names its cross-process barriers after the step: without a prefix per manager, the two saves of
+    # one step waited on one barrier and failed ("Barrier _async_write_complete.1 is already ongoing").
+    script = tmp_path / "save_both.py"
+    script.write_text(SAVE_BOTH_SCRIPT, encoding="utf-8")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("JAX_", "TPU_"))}
+    env.update(JAX_PLATFORMS="cpu", JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{_free_port()}", JAX_NUM_PROCESSES="2")
+    procs = [subprocess.Popen([sys.executable, str(script), str(tmp_path / "run")],
+                              env={**env, "JAX_PROCESS_ID": str(i)},
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(2)]
+    try:
+        for proc in procs:
+            _, stderr = proc.communicate(timeout=120)
+            assert proc.returncode == 0, stderr[-3000:]
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    assert sorted(os.listdir(tmp_path / "run" / "checkpoints")) == ["2", "3"]
+    assert os.listdir(tmp_path / "run" / "checkpoints_best") == ["3"]
