@@ -156,7 +156,7 @@ class CausalSelfAttention(nn.Module):
         q, k, v = heads("query"), heads("key"), heads("value")
         mask = None  # plain causal
         if cache_index is not None:
-            k, v, mask = self._extend_cache(k, v, cache_index)  # keys and values (B, nh, block_size, hs)
+            k, v, mask = self._extend_cache(k, v, cache_index)  # keys and values (B, nh, S, hs)
         weights_dropout = functools.partial(Dropout(cfg.dropout), deterministic=deterministic)
         out = causal_attention(q, k, v, cfg.attention, weights_dropout, mask)  # (B, nh, T, hs)
         out = out.swapaxes(1, 2).reshape(B, T, C)  # heads concatenated
@@ -164,7 +164,10 @@ class CausalSelfAttention(nn.Module):
         return Dropout(cfg.dropout)(out, deterministic=deterministic)
 
     def _extend_cache(self, k: jax.Array, v: jax.Array, index: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
-        """Write k, v (B, nh, T, hs) at positions index.. of the cache -> (keys, values, mask (T, block_size))."""
+        """Write k, v (B, nh, T, hs) at positions index.. of the cache -> (keys, values, mask (T, S)).
+
+        A new cache holds S = block_size positions; one passed in may hold fewer (the sampler grows it as it
+        fills, so that attention reads only the positions in use)."""
         B, nh, T, hs = k.shape
         shape = (B, nh, self.config.block_size, hs)
         cached_k = self.variable("cache", "cached_key", jnp.zeros, shape, k.dtype)
@@ -172,7 +175,7 @@ class CausalSelfAttention(nn.Module):
         cached_k.value = jax.lax.dynamic_update_slice_in_dim(cached_k.value, k, index, axis=2)
         cached_v.value = jax.lax.dynamic_update_slice_in_dim(cached_v.value, v, index, axis=2)
         query_pos = index + jnp.arange(T)  # (T,)
-        causal = jnp.arange(self.config.block_size) <= query_pos[:, None]  # (T, block_size)
+        causal = jnp.arange(cached_k.value.shape[2]) <= query_pos[:, None]  # (T, S)
         return cached_k.value, cached_v.value, causal
 
 

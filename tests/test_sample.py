@@ -15,12 +15,14 @@ from torch_reference import GPTLanguageModel, load_jaxgpt_params
 from jaxgpt.errors import UsageError
 from jaxgpt.model import GPT, BigramLanguageModel, GPTConfig
 from jaxgpt.sample import (
+    KV_CACHE_GROWTH,
     Sampling,
     _generate_cached,
     draw_token,
     filter_logits,
     generate,
     generate_with_model,
+    kv_cache_sizes,
 )
 
 TINY = GPTConfig(vocab_size=11, block_size=8, n_layer=2, n_head=2, n_embd=16, dropout=0.0)
@@ -47,6 +49,7 @@ def naive_generate(config: GPTConfig, params, prompt, max_new_tokens: int, key, 
         (3, 3, 12, {"temperature": 1.3, "top_k": 5, "top_p": 0.9}),  # crosses block_size (8) while generating
         (2, 11, 6, {"temperature": 0.7, "top_k": None, "top_p": 0.8}),  # prompt longer than block_size
         (1, 8, 3, {"temperature": 0.0, "top_k": None, "top_p": None}),  # prompt fills block_size; greedy
+        (2, 1, 9, {"temperature": 1.0, "top_k": None, "top_p": None}),  # the cache grows through 2, 4, 6, 8
     ],
 )
 def test_cached_sampler_gives_the_naive_samplers_tokens_in_float64(batch, prompt_len, new, sampling):
@@ -63,6 +66,14 @@ def test_cached_sampler_gives_the_naive_samplers_tokens_in_float64(batch, prompt
     np.testing.assert_array_equal(cached[:, :prompt_len], prompt)
     np.testing.assert_array_equal(cached, expected)
     np.testing.assert_array_equal(recomputed, expected)
+
+
+def test_kv_cache_grows_to_block_size_in_equal_steps():
+    assert KV_CACHE_GROWTH == 4
+    assert kv_cache_sizes(256) == [64, 128, 192, 256]
+    assert kv_cache_sizes(TINY.block_size) == [2, 4, 6, 8]
+    assert kv_cache_sizes(6) == [2, 3, 5, 6]  # rounded up
+    assert kv_cache_sizes(1) == [1]
 
 
 def test_decode_steps_give_the_pytorch_references_next_token_distribution():
