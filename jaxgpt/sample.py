@@ -28,7 +28,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxgpt import checkpoint
+from jaxgpt import checkpoint, compile_cache
 from jaxgpt.cli import ArgumentParser, check_unknown_flags
 from jaxgpt.config import TrainConfig
 from jaxgpt.errors import UsageError, run_cli
@@ -240,6 +240,7 @@ def parse_sample_args(argv: list[str]) -> dict:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_sample_args(sys.argv[1:] if argv is None else argv)
+    compile_cache.enable_default()
     if not Path(args["out_dir"]).is_dir():
         raise UsageError(f"--out_dir {args['out_dir']!r} does not exist; pass the out_dir of a training run")
     config, params, tokenizer = checkpoint.load(args["out_dir"])

@@ -28,7 +28,7 @@ import optax
 from flax import struct
 from tqdm.auto import tqdm
 
-from jaxgpt import checkpoint, sharding
+from jaxgpt import checkpoint, compile_cache, sharding
 from jaxgpt.cli import parse_train_args
 from jaxgpt.config import TrainConfig
 from jaxgpt.data import Dataset, get_batch, load_dataset
@@ -398,6 +398,7 @@ def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     options = {"prog": "python -m jaxgpt.train", "description": __doc__.splitlines()[0]}
     config = parse_train_args(argv, **options)
+    compile_cache.enable_default()
     run_config = Path(config.out_dir) / "config.json"
     if config.resume and run_config.is_file() and not any(arg.startswith("--config") for arg in argv):
         config = parse_train_args([f"--config={run_config}", *argv], **options)  # the run's own config + new flags
