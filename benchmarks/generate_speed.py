@@ -17,18 +17,14 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import sys
 import time
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 
 from jaxgpt.model import GPT, GPTConfig
 from jaxgpt.sample import generate
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from torch_reference import GPTLanguageModel, load_jaxgpt_params  # noqa: E402
+from jaxgpt.torch_reference.lecture import GPTLanguageModel, load_jaxgpt_params
 
 SCALING_BATCHES = [1, 2, 4, 8]  # samples, with block_size - 1 new tokens
 LONG = 2000  # new tokens of the case that runs beyond block_size

@@ -22,10 +22,8 @@ from pathlib import Path
 import jax
 from jax.profiler import ProfileData
 
-from jaxgpt import sharding
 from jaxgpt.cli import parse_train_args
-from jaxgpt.data import load_dataset
-from jaxgpt.train import build_run, for_dataset, make_train_step
+from jaxgpt.train import Run
 
 _INSTRUCTION = re.compile(r"^\s*(?:ROOT )?%?([\w.\-]+) = .*?op_name=\"([^\"]*)\"", re.MULTILINE)
 
@@ -53,13 +51,13 @@ def classify(op_name: str) -> tuple[str, str]:
     return pass_, component
 
 
-def trace_op_times(step, state, data, steps: int) -> tuple[dict[str, float], float, float]:
-    """Run `steps` steps under the profiler: (op time in seconds per XLA op name, wall s, process CPU s)."""
+def trace_op_times(run: Run, calls: int) -> tuple[dict[str, float], float, float]:
+    """`calls` train-step calls under the profiler: (op time in seconds per XLA op name, wall s, process CPU s)."""
     with tempfile.TemporaryDirectory() as trace_dir:
         wall, cpu = time.perf_counter(), time.process_time()
         with jax.profiler.trace(trace_dir):
-            for _ in range(steps):
-                state, loss = step(state, data)
+            for _ in range(calls):
+                loss = run.step()
             jax.block_until_ready(loss)
         wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
         profile = ProfileData.from_file(str(next(Path(trace_dir).rglob("*.xplane.pb"))))
@@ -79,18 +77,13 @@ def main(argv: list[str]) -> None:
     own.add_argument("--steps", type=int, default=20, help="traced calls of the step (default: %(default)s)")
     own.add_argument("--top", type=int, default=15, help="components listed (default: %(default)s)")
     args, rest = own.parse_known_args(argv)
-    config = parse_train_args(rest, prog="profile_step.py", description="")
-    dataset = load_dataset(config.data_path, config.block_size)
-    config = for_dataset(config, dataset)
-    model, tx, placement, state = build_run(config, sharding.make_mesh(config.fsdp))
-    data = placement.replicate(dataset.train)
-    compiled = make_train_step(config, model, tx, placement).lower(state, data).compile()
-    state, loss = compiled(state, data)  # warm up
-    jax.block_until_ready(loss)
-    names = op_names(compiled.as_text())
-    totals, wall, cpu = trace_op_times(compiled, state, data, args.steps)
-
-    steps = args.steps * config.steps_per_call  # each call runs steps_per_call train steps
+    with tempfile.TemporaryDirectory() as out_dir:
+        config = parse_train_args([*rest, f"--out_dir={out_dir}"], prog="profile_step.py")
+        with Run(config, log=lambda _: None) as run:
+            names = op_names(run.compile().as_text())
+            jax.block_until_ready(run.step())  # warm up
+            totals, wall, cpu = trace_op_times(run, args.steps)
+            config, steps = run.config, args.steps * run.steps_per_call  # each call runs steps_per_call steps
     by_pass, by_component = collections.Counter(), collections.Counter()
     for event, seconds in totals.items():
         pass_, component = classify(names.get(event, event))
@@ -101,7 +94,7 @@ def main(argv: list[str]) -> None:
     print(f"config: {' '.join(rest) or '(defaults)'}; B={config.batch_size} T={m.block_size} L={m.n_layer} "
           f"C={m.n_embd} dropout={m.dropout} dtype={m.dtype} attention={m.attention}")
     print(f"{jax.devices()[0].device_kind}, {jax.local_device_count()} device(s); {args.steps} traced calls of "
-          f"{config.steps_per_call} step(s); the profiler slows small steps down")
+          f"{run.steps_per_call} step(s); the profiler slows small steps down")
     print(f"per step: wall {wall / steps * 1e3:.2f} ms, process CPU {cpu / steps * 1e3:.2f} ms, "
           f"XLA op time {op_total * 1e3:.2f} ms (all threads)")
     print("\nby pass:")

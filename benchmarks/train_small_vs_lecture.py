@@ -22,8 +22,7 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from torch_reference import GPTLanguageModel  # noqa: E402
+from jaxgpt.torch_reference.lecture import GPTLanguageModel
 
 SMALL = {"batch_size": 16, "block_size": 32, "n_embd": 64, "n_head": 4, "n_layer": 4, "dropout": 0.0, "lr": 1e-3}
 

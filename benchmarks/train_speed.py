@@ -5,9 +5,9 @@
 Implementations, each in its own worker process (so each has its own peak memory):
   jaxgpt         the compiled train step `python -m jaxgpt.train` runs (make_train_step): batch sampling,
                  forward, backward and AdamW update in one XLA call
-  torch lecture  tests/torch_reference.py with the lecture's loop: get_batch (torch.randint + stack),
+  torch lecture  jaxgpt/torch_reference/lecture.py with the lecture's loop: get_batch (torch.randint + stack),
                  forward, zero_grad, backward, AdamW step
-  torch nanoGPT  benchmarks/torch_sdpa_gpt.py (fused qkv + F.scaled_dot_product_attention), same loop
+  torch nanoGPT  jaxgpt/torch_reference/sdpa.py (fused qkv + F.scaled_dot_product_attention), same loop
 The parent process asks the workers for timed runs in turn (round robin) and reports the median of the
 rounds, so slow phases of a shared machine hit every implementation alike. With --one_at_a_time each
 implementation runs all its rounds with no other worker alive (see benchmarks/RESULTS.md for why both
@@ -21,14 +21,17 @@ jaxgpt step (arguments + temporaries) is printed too.
 from __future__ import annotations
 
 import argparse
+import atexit
 import dataclasses
 import datetime
 import multiprocessing
 import os
 import platform
 import resource
+import shutil
 import statistics
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -79,51 +82,41 @@ def _torch_matmul_gflops() -> float:
 def _jax_runner(config_args: list[str], steps_per_call: int | None):
     import jax
 
-    from jaxgpt import sharding
     from jaxgpt.cli import parse_train_args
-    from jaxgpt.data import load_dataset
-    from jaxgpt.train import build_run, for_dataset, make_train_step, resolved_steps_per_call
+    from jaxgpt.train import Run
 
     baseline = _rss_mib()
     override = [f"--steps_per_call={steps_per_call}"] if steps_per_call else []  # else the config's own
-    config = parse_train_args([*config_args, *override], prog="jaxgpt", description="")
-    dataset = load_dataset(config.data_path, config.block_size)
-    config = for_dataset(config, dataset)
-    config = dataclasses.replace(config, steps_per_call=resolved_steps_per_call(config))
-    model, tx, placement, state = build_run(config, sharding.make_mesh(config.fsdp))
-    data = placement.replicate(dataset.train)
+    out_dir = tempfile.mkdtemp(prefix="jaxgpt-train-speed-")
+    atexit.register(shutil.rmtree, out_dir, ignore_errors=True)
+    config = parse_train_args([*config_args, *override, f"--out_dir={out_dir}", "--overwrite"], prog="jaxgpt")
+    training = Run(config, log=lambda _: None)  # lives as long as the benchmark process
     tic = time.perf_counter()
-    step = make_train_step(config, model, tx, placement).lower(state, data).compile()
+    memory = training.compile().memory_analysis()
     compile_s = time.perf_counter() - tic
-    memory = step.memory_analysis()
     xla_mib = (memory.argument_size_in_bytes + memory.temp_size_in_bytes) / 2**20 if memory else None
-    holder = {"state": state}
 
     def run(calls: int) -> None:
-        state = holder["state"]
         for _ in range(calls):
-            state, loss = step(state, data)
+            loss = training.step()
         jax.block_until_ready(loss)
-        holder["state"] = state
 
-    info = {"compile_s": compile_s, "xla_buffers_mib": xla_mib, "dtype": config.model.dtype,
-            "steps_per_call": config.steps_per_call}
+    info = {"compile_s": compile_s, "xla_buffers_mib": xla_mib, "dtype": training.config.model.dtype,
+            "steps_per_call": training.steps_per_call}
     return run, baseline, info
 
 
 def _torch_runner(impl: str, config_args: list[str], threads: int):
     import torch
 
-    sys.path[:0] = [str(REPO / "tests"), str(REPO / "benchmarks")]
-    from torch_reference import GPTLanguageModel
-    from torch_sdpa_gpt import GPT
-
     from jaxgpt.cli import parse_train_args
     from jaxgpt.data import load_dataset
+    from jaxgpt.torch_reference.lecture import GPTLanguageModel
+    from jaxgpt.torch_reference.sdpa import GPT
 
     torch.set_num_threads(threads)
     baseline = _rss_mib()
-    config = parse_train_args(config_args, prog="torch", description="")
+    config = parse_train_args(config_args, prog="torch")
     dataset = load_dataset(config.data_path, config.block_size)
     torch.manual_seed(config.seed)
     m, B, T = config.model, config.batch_size, config.block_size
@@ -294,8 +287,7 @@ def main(argv: list[str]) -> None:
     args.impls = args.impls.split(",")
 
     from jaxgpt.cli import parse_train_args
-    from jaxgpt.mfu import flops_per_token
-    from jaxgpt.model import GPT
+    from jaxgpt.model import build_model, count_params, init_params
 
     def log(message: str) -> None:
         print(message, file=sys.stderr, flush=True)
@@ -306,15 +298,12 @@ def main(argv: list[str]) -> None:
     summary = []
     for name in args.configs.split(","):
         import jax
-        import jax.numpy as jnp
 
-        config = parse_train_args([f"--config={name}", *args.override], prog="x", description="")
+        config = parse_train_args([f"--config={name}", *args.override], prog="x")
         model_config = dataclasses.replace(config.model, vocab_size=65)
-        shapes = jax.eval_shape(lambda c=model_config: GPT(c).init(jax.random.key(0),
-                                                                     jnp.zeros((1, c.block_size), jnp.int32)))
-        n_params = sum(x.size for x in jax.tree_util.tree_leaves(shapes))
+        n_params = count_params(jax.eval_shape(lambda c=model_config: init_params(c, jax.random.key(0))))
         tokens_per_step = config.batch_size * config.block_size
-        flops_per_step = flops_per_token(model_config, n_params) * tokens_per_step
+        flops_per_step = build_model(model_config).flops_per_token(n_params) * tokens_per_step
         measurements, extra = benchmark_config(name, args, log)
         peak = max(m.info["matmul_gflops"] for m in measurements)
         lines, ratios = report(name, measurements, flops_per_step, tokens_per_step, peak)

@@ -4,8 +4,8 @@ from jaxgpt.config import TrainConfig
 from jaxgpt.model import GPTConfig
 
 config = TrainConfig(
-    model=GPTConfig(block_size=8, n_layer=1, n_head=1, n_embd=32, dropout=0.0),  # only block_size is used
-    model_type="bigram",
+    # only block_size (the context of each training example) is used by the table
+    model=GPTConfig(model_type="bigram", block_size=8, n_layer=1, n_head=1, n_embd=32, dropout=0.0),
     batch_size=32,
     learning_rate=1e-2,
     max_iters=3000,

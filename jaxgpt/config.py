@@ -1,7 +1,11 @@
-"""Training configuration: one dataclass, loaded from `configs/NAME.py` or any `path/to/file.py`.
+"""Configuration: the model's `GPTConfig` and the run's `TrainConfig`, their rules, and named configs.
 
-A config file defines a module-level `config = TrainConfig(...)`. The files in the repository's
-`configs/` folder ship inside the package as `jaxgpt.configs`, so names resolve from any install.
+Each field is declared once, with its default, a one-line description (the `--help` text) and, where it
+needs one, a rule (`positive`, `non_negative`, `unit_interval`, ...). Types are checked from the annotations,
+`Literal` choices included, so a config file with `batch_size='8'` is refused like the flag `--batch_size=x`.
+
+A config file defines a module-level `config = TrainConfig(...)`. The files in the repository's `configs/`
+folder ship inside the package as `jaxgpt.configs`, so names resolve from any install.
 """
 
 from __future__ import annotations
@@ -14,78 +18,166 @@ import json
 import math
 import os
 import typing
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
 
+import jax
+
 from jaxgpt.errors import UsageError
-from jaxgpt.model import GPTConfig
 
 ModelType = Literal["gpt", "bigram"]
+Activation = Literal["relu", "gelu", "gelu_tanh"]
+Dtype = Literal["auto", "float32", "bfloat16"]
+Attention = Literal["xla", "dot_product"]
+DenseKernel = Literal["auto", "xla", "cpu"]
 LRSchedule = Literal["constant", "cosine"]
+
+Rule = Callable[[float], str | None]  # a value -> what is wrong with it, or None
+
+
+def positive(value: float) -> str | None:
+    return None if value > 0 else "must be positive"
+
+
+def non_negative(value: float) -> str | None:
+    return None if value >= 0 else "must not be negative"
+
+
+def unit_interval(value: float) -> str | None:
+    return None if 0.0 <= value < 1.0 else "must be in [0, 1)"
+
+
+def seed_range(value: int) -> str | None:
+    return None if 0 <= value < 2**63 else "must be in [0, 2**63)"
+
+
+def option(default: Any, help: str, rule: Rule | None = None, *, flag: bool = True) -> Any:
+    """A config field: its default, its one-line description and its rule (`flag=False`: set by jaxgpt, no flag)."""
+    return dataclasses.field(default=default, metadata={"help": help, "rule": rule, "cmd": flag})
+
+
+def check_fields(config: Any) -> None:
+    """Every field of the dataclass `config` has its annotated type (Literal choices included) and obeys its
+    rule; numbers are finite. Raises UsageError naming the first field that does not."""
+    kinds = {int: "an int", float: "a number", bool: "true or false", str: "a string"}
+    hints = typing.get_type_hints(type(config))
+    for field in dataclasses.fields(config):
+        name, value, tp = field.name, getattr(config, field.name), hints[field.name]
+        args = typing.get_args(tp)
+        if type(None) in args:
+            if value is None:
+                continue
+            tp = next(a for a in args if a is not type(None))
+        if typing.get_origin(tp) is Literal:
+            if value not in typing.get_args(tp):
+                raise UsageError(f"{name} must be one of {', '.join(map(str, typing.get_args(tp)))}, got {value!r}")
+            continue
+        if tp not in kinds:
+            continue  # a nested config: checked by its own __post_init__
+        allowed = (int, float) if tp is float else tp
+        if not isinstance(value, allowed) or (tp is not bool and isinstance(value, bool)):
+            raise UsageError(f"{name} must be {kinds[tp]}, got {value!r}")
+        if isinstance(value, float) and not math.isfinite(value):
+            raise UsageError(f"{name} must be a finite number, got {value}")
+        rule = field.metadata.get("rule")
+        problem = rule(value) if rule else None
+        if problem:
+            raise UsageError(f"{name} {problem}, got {value}")
+
+
+@dataclasses.dataclass(frozen=True)
+class GPTConfig:
+    """Model hyperparameters; the defaults are the lecture's final 10.79M model.
+
+    A few switches (`activation`, `tie_embeddings`, `bias`, `qkv_bias`, `lm_head_bias`) also describe the GPT-2
+    family (nanoGPT, Hugging Face GPT-2), so their checkpoints load into the same modules.
+    """
+
+    vocab_size: int = option(65, "tokens in the vocabulary (set from the data)", positive, flag=False)
+    block_size: int = option(256, "maximum context length", positive)
+    n_layer: int = option(6, "transformer blocks", positive)
+    n_head: int = option(6, "attention heads per block; must divide n_embd", positive)
+    n_embd: int = option(384, "channels of the residual stream", positive)
+    dropout: float = option(0.2, "dropout rate in training (attention weights, after projections)", unit_interval)
+    activation: Activation = option("relu", "MLP non-linearity: gelu for nanoGPT, gelu_tanh for Hugging Face GPT-2")
+    tie_embeddings: bool = option(False, "the output layer reuses the token embedding (GPT-2)")
+    bias: bool = option(True, "biases in the attention projection, MLP and LayerNorm")
+    qkv_bias: bool = option(False, "biases in the query/key/value projections (GPT-2: true)")
+    lm_head_bias: bool = option(True, "bias in the output layer (GPT-2: false)")
+    layer_norm_eps: float = option(1e-5, "LayerNorm epsilon", positive)
+    dtype: Dtype = option("auto", "matmul compute dtype; auto: float32 on CPU, bfloat16 on GPU/TPU")
+    attention: Attention = option("xla", "xla: the lecture's attention; dot_product: jax.nn.dot_product_attention")
+    dense_kernel: DenseKernel = option("auto", "Dense layers' matmul; auto: cpu (a faster backward) on CPU, else xla")
+    model_type: ModelType = option("gpt", "gpt: the lecture's transformer; bigram: its first model, a (V, V) table")
+
+    def __post_init__(self) -> None:
+        check_fields(self)
+        if self.n_embd % self.n_head:
+            divisor = min((d for d in range(1, self.n_embd + 1) if self.n_embd % d == 0),
+                          key=lambda d: (abs(d - self.n_head), d))
+            raise UsageError(f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head}); "
+                             f"try n_head={divisor}")
+
+    @property
+    def head_size(self) -> int:
+        return self.n_embd // self.n_head
+
+    def resolved(self, backend: str | None = None) -> GPTConfig:
+        """This config with the "auto" choices made for `backend` (default: JAX's default backend)."""
+        backend = backend or jax.default_backend()
+        dtype = ("float32" if backend == "cpu" else "bfloat16") if self.dtype == "auto" else self.dtype
+        kernel = ("cpu" if backend == "cpu" else "xla") if self.dense_kernel == "auto" else self.dense_kernel
+        return dataclasses.replace(self, dtype=dtype, dense_kernel=kernel)
 
 
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
-    """Everything a training run needs besides the data; defaults are the lecture's gpt.py."""
+    """Everything a training run needs besides the data; the defaults are the lecture's gpt.py."""
 
     model: GPTConfig = GPTConfig()
-    model_type: ModelType = "gpt"
     # data and output
-    data_path: str | None = None  # None: $JAXGPT_DATA, the cache, or a download
-    out_dir: str = "out"
-    overwrite: bool = False  # allow writing into a non-empty out_dir
+    data_path: str | None = option(None, "UTF-8 text file to train on; none: $JAXGPT_DATA, the cache or a download")
+    out_dir: str = option("out", "run directory: config, tokenizer, metrics, checkpoints, loss plot")
+    overwrite: bool = option(False, "replace the run in a non-empty out_dir")
+    resume: bool = option(False, "continue the run in out_dir from its latest usable checkpoint")
     # training loop (the lecture's names)
-    batch_size: int = 64
-    max_iters: int = 5000
-    eval_interval: int = 500
-    eval_iters: int = 200
-    seed: int = 1337
-    steps_per_call: int = 1  # optimizer steps per compiled call (lax.scan), at most; see train.steps_per_call
+    batch_size: int = option(64, "sequences per optimizer step (all devices together)", positive)
+    max_iters: int = option(5000, "optimizer steps in all", non_negative)
+    eval_interval: int = option(500, "steps between loss estimates", positive)
+    eval_iters: int = option(200, "batches per loss estimate", positive)
+    seed: int = option(1337, "the seed every random draw derives from, with the step", seed_range)
+    steps_per_call: int = option(1, "optimizer steps per compiled call, at most (same results, less overhead)",
+                                 positive)
     # optimizer: torch.optim.AdamW's defaults
-    learning_rate: float = 3e-4
-    beta1: float = 0.9
-    beta2: float = 0.999
-    eps: float = 1e-8
-    weight_decay: float = 0.01
-    decay_all_params: bool = True  # False: no weight decay on biases, LayerNorm and embeddings
-    lr_schedule: LRSchedule = "constant"
-    warmup_iters: int = 0  # linear warmup from 0, with either schedule
-    min_lr: float = 0.0  # where cosine decay ends
-    grad_clip: float = 0.0  # max global gradient norm; 0 disables clipping
-    # checkpoints (see jaxgpt.checkpoint): every interval, at the end, on SIGINT/SIGTERM, and the best val loss
-    checkpoint_interval: int = 500
-    keep_checkpoints: int = 3  # how many of the latest checkpoints to keep
-    resume: bool = False  # continue from the latest usable checkpoint in out_dir
+    learning_rate: float = option(3e-4, "peak learning rate", positive)
+    beta1: float = option(0.9, "AdamW beta1", unit_interval)
+    beta2: float = option(0.999, "AdamW beta2", unit_interval)
+    eps: float = option(1e-8, "AdamW epsilon", positive)
+    weight_decay: float = option(0.01, "AdamW decoupled weight decay", non_negative)
+    decay_all_params: bool = option(True, "false: no weight decay on biases, LayerNorm and embeddings")
+    lr_schedule: LRSchedule = option("constant", "constant, or cosine decay to min_lr at max_iters")
+    warmup_iters: int = option(0, "steps of linear warmup from 0, with either schedule", non_negative)
+    min_lr: float = option(0.0, "where cosine decay ends", non_negative)
+    grad_clip: float = option(0.0, "maximum global gradient norm; 0 disables clipping", non_negative)
+    # checkpoints: every interval, at the end, on SIGINT/SIGTERM, and the best val loss
+    checkpoint_interval: int = option(500, "steps between checkpoints", positive)
+    keep_checkpoints: int = option(3, "how many of the latest checkpoints to keep", positive)
     # reporting
-    sample_chars: int = 500  # length of the sample printed at the end
-    progress: bool = True  # progress bar between evaluations
-    peak_flops: float | None = None  # FLOP/s of all devices together, for MFU; None: look up jaxgpt.mfu.PEAK_FLOPS
-    # scaling out (jaxgpt/sharding.py): data parallel over all devices; fsdp also shards params and optimizer state
-    fsdp: int = 1  # devices that share one copy of the parameters; must divide the device count
-    multihost: bool = False  # join other processes with jax.distributed.initialize (TPU pods, clusters)
+    sample_chars: int = option(500, "length of the sample printed at the end; 0: none", non_negative)
+    progress: bool = option(True, "progress bar between evaluations")
+    peak_flops: float | None = option(None, "FLOP/s of all devices together, for MFU; none: look the devices up",
+                                      positive)
+    # scaling out (jaxgpt/sharding.py)
+    fsdp: int = option(1, "devices that share one copy of the parameters; must divide the device count", positive)
+    multihost: bool = option(False, "join other processes with jax.distributed.initialize (TPU pods, clusters)")
 
     def __post_init__(self) -> None:
-        _check_types(self)
-        positive = ("batch_size", "eval_interval", "eval_iters", "learning_rate", "eps", "fsdp", "checkpoint_interval",
-                    "keep_checkpoints", "steps_per_call")
-        non_negative = ("max_iters", "weight_decay", "warmup_iters", "min_lr", "grad_clip", "sample_chars")
-        for name in positive:
-            if getattr(self, name) <= 0:
-                raise UsageError(f"{name} must be positive, got {getattr(self, name)}")
-        for name in non_negative:
-            if getattr(self, name) < 0:
-                raise UsageError(f"{name} must not be negative, got {getattr(self, name)}")
-        for name in ("beta1", "beta2"):
-            if not 0.0 <= getattr(self, name) < 1.0:
-                raise UsageError(f"{name} must be in [0, 1), got {getattr(self, name)}")
-        if self.model_type not in ("gpt", "bigram"):
-            raise UsageError(f"model_type must be 'gpt' or 'bigram', got {self.model_type!r}")
-        if self.lr_schedule not in ("constant", "cosine"):
-            raise UsageError(f"lr_schedule must be 'constant' or 'cosine', got {self.lr_schedule!r}")
+        if not isinstance(self.model, GPTConfig):
+            raise UsageError(f"model must be a GPTConfig, got {self.model!r}")
+        check_fields(self)
         if self.resume and self.overwrite:
             raise UsageError("--resume continues the run in out_dir and --overwrite replaces it; choose one")
-        if self.peak_flops is not None and self.peak_flops <= 0:
-            raise UsageError(f"peak_flops must be positive, got {self.peak_flops}")
 
     @property
     def block_size(self) -> int:
@@ -98,39 +190,62 @@ class TrainConfig:
     def from_dict(cls, values: dict[str, Any]) -> TrainConfig:
         try:
             values = dict(values)
-            model = GPTConfig(**values.pop("model"))
-            return cls(model=model, **values)
+            model = dict(values.pop("model"))
+            if "model_type" in values:  # written by jaxgpt before model_type moved into the model's config
+                model["model_type"] = values.pop("model_type")
+            return cls(model=GPTConfig(**model), **values)
         except (TypeError, KeyError, AttributeError) as err:  # unknown or missing fields, a wrong type
             raise UsageError(f"config fields do not match this jaxgpt ({type(err).__name__}: {err})") from None
 
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2) + "\n"
+
+    @classmethod
+    def from_json(cls, text: str, source: str) -> TrainConfig:
+        """A config saved by `to_json` (a run's config.json); `source` names it in errors."""
+        try:
+            return cls.from_dict(json.loads(text))
+        except ValueError as err:  # bad JSON, or from_dict's UsageError
+            raise UsageError(f"{source} is not a valid jaxgpt config: {err}") from None
+
     def save(self, path: str | os.PathLike) -> None:
-        Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n", encoding="utf-8")
+        Path(path).write_text(self.to_json(), encoding="utf-8")
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> TrainConfig:
         """A config saved by `save` (a run's config.json)."""
-        try:
-            return cls.from_dict(json.loads(Path(path).read_text(encoding="utf-8")))
-        except ValueError as err:  # bad JSON, or from_dict's UsageError
-            raise UsageError(f"{path} is not a valid jaxgpt config: {err}") from None
+        return cls.from_json(Path(path).read_text(encoding="utf-8"), str(path))
+
+    def for_vocab(self, vocab_size: int) -> TrainConfig:
+        """This config with the model's vocab_size set (from the data) and its "auto" choices resolved."""
+        return dataclasses.replace(self, model=dataclasses.replace(self.model, vocab_size=vocab_size).resolved())
+
+    def as_saved(self) -> TrainConfig:
+        """The config as written to config.json and checkpoints: without the one-off --resume/--overwrite."""
+        return dataclasses.replace(self, resume=False, overwrite=False)
 
 
-def _check_types(config: TrainConfig) -> None:
-    """Wrong types (from a config file) and non-finite numbers are usage errors, not later tracebacks."""
-    kinds = {int: "an int", float: "a number", bool: "true or false", str: "a string"}
-    for name, tp in typing.get_type_hints(TrainConfig).items():
-        value = getattr(config, name)
-        optional = type(None) in typing.get_args(tp)
-        tp = next((a for a in typing.get_args(tp) if a is not type(None)), tp) if optional else tp
-        if value is None and optional or tp not in kinds:
-            continue
-        allowed = (int, float) if tp is float else tp
-        if not isinstance(value, allowed) or (tp is not bool and isinstance(value, bool)):
-            raise UsageError(f"{name} must be {kinds[tp]}, got {value!r}")
-        if isinstance(value, float) and not math.isfinite(value):
-            raise UsageError(f"{name} must be a finite number, got {value}")
-    if not isinstance(config.model, GPTConfig):
-        raise UsageError(f"model must be a GPTConfig, got {config.model!r}")
+# Training fields that may change on resume without changing what is computed.
+FREE_ON_RESUME = frozenset({"eval_interval", "eval_iters", "checkpoint_interval", "keep_checkpoints", "progress",
+                            "sample_chars", "out_dir", "overwrite", "resume", "data_path", "steps_per_call"})
+
+
+def resume_changes(saved: TrainConfig, current: TrainConfig, where: str) -> list[str]:
+    """Refuse a config whose model or optimizer-state structure differs from the checkpoint's (UsageError
+    naming the fields); otherwise return the changed fields that make the continuation differ, e.g. a new
+    learning_rate or max_iters. Every model field but dropout must match."""
+    model_fields = [f.name for f in dataclasses.fields(GPTConfig) if f.name != "dropout"]
+    fixed = [(name, getattr(saved.model, name), getattr(current.model, name)) for name in model_fields]
+    fixed.append(("decay_all_params", saved.decay_all_params, current.decay_all_params))
+    fixed.append(("grad_clip > 0", saved.grad_clip > 0, current.grad_clip > 0))  # clipping adds optimizer state
+    mismatched = [f"{name} (checkpoint {old!r}, now {new!r})" for name, old, new in fixed if old != new]
+    if mismatched:
+        raise UsageError(f"cannot resume from {where}: the config differs in {', '.join(mismatched)}; "
+                         "use the checkpoint's values or a new --out_dir")
+    changed = [("dropout", saved.model.dropout, current.model.dropout)]
+    changed += [(f.name, getattr(saved, f.name), getattr(current, f.name)) for f in dataclasses.fields(TrainConfig)
+                if f.name != "model" and f.name not in FREE_ON_RESUME]
+    return [f"{name} {old!r} -> {new!r}" for name, old, new in changed if old != new]
 
 
 def available_configs() -> list[str]:

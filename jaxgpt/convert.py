@@ -1,4 +1,4 @@
-"""PyTorch GPT checkpoints to jaxgpt parameters and back: `python -m jaxgpt.convert MODEL.pt OUT_DIR`.
+"""PyTorch GPT checkpoints to jaxgpt parameters and back (the command line is `python -m jaxgpt.convert`).
 
 Three `state_dict()` layouts are understood:
 
@@ -13,13 +13,11 @@ and exact both ways. Importing this module does not import torch; reading a .pt 
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import functools
 import os
 import re
 import shutil
-import sys
 import tempfile
 from collections.abc import Mapping
 from pathlib import Path
@@ -31,11 +29,11 @@ import numpy as np
 from flax import traverse_util
 
 from jaxgpt import checkpoint
-from jaxgpt.cli import ArgumentParser
-from jaxgpt.config import TrainConfig
+from jaxgpt.config import GPTConfig, TrainConfig
 from jaxgpt.data import CharTokenizer, read_text, resolve_data_path
-from jaxgpt.errors import UsageError, run_cli
-from jaxgpt.model import GPT, GPTConfig, count_params
+from jaxgpt.errors import UsageError
+from jaxgpt.model import count_params, init_params
+from jaxgpt.rundir import RunDir
 
 Layout = Literal["lecture", "nanogpt", "hf"]
 LAYOUTS: tuple[Layout, ...] = ("lecture", "nanogpt", "hf")
@@ -147,8 +145,7 @@ def _rules(config: GPTConfig, layout: Layout) -> list[_Rule]:
 @functools.lru_cache(maxsize=16)
 def _param_shapes(config: GPTConfig) -> dict[str, tuple[int, ...]]:
     """'blocks_0/sa/query/kernel' -> shape, for every parameter of GPT(config), without allocating any."""
-    dummy = jnp.zeros((1, config.block_size), jnp.int32)
-    shapes = jax.eval_shape(lambda: GPT(config).init(jax.random.key(0), dummy)["params"])
+    shapes = jax.eval_shape(lambda: init_params(config, jax.random.key(0)))
     return {path: leaf.shape for path, leaf in traverse_util.flatten_dict(shapes, sep="/").items()}
 
 
@@ -313,7 +310,7 @@ def to_torch_state_dict(params: Mapping[str, Any], config: GPTConfig, layout: La
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# command line: a .pt file -> a jaxgpt run directory
+# a .pt file -> a jaxgpt run directory
 
 
 def load_torch_checkpoint(path: str | os.PathLike) -> tuple[dict, dict[str, Any]]:
@@ -361,55 +358,46 @@ def write_run_dir(out_dir: Path, config: TrainConfig, params, tokenizer: CharTok
         raise UsageError(f"OUT_DIR {out_dir} is not empty; choose another OUT_DIR or pass --overwrite")
     try:
         out_dir.parent.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+        staging = RunDir(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
     except OSError as err:
         raise UsageError(f"cannot write to {out_dir}: {err.strerror}") from None
     try:
-        config.save(staging / "config.json")
-        tokenizer.save(staging / "tokenizer.json")
+        staging.write_config(config)
+        staging.write_tokenizer(tokenizer)
         checkpoint.save_params(staging, params)
         out_dir.mkdir(exist_ok=True)
-        checkpoint.remove_run(out_dir)  # --overwrite: no checkpoints of an earlier training run stay behind
-        for entry in staging.iterdir():
+        RunDir(out_dir).remove_run()  # --overwrite: no checkpoints of an earlier training run stay behind
+        for entry in staging.path.iterdir():
             target = out_dir / entry.name
             if target.is_dir():
                 shutil.rmtree(target)
             os.replace(entry, target)
     finally:
-        shutil.rmtree(staging, ignore_errors=True)
+        shutil.rmtree(staging.path, ignore_errors=True)
 
 
-def _parse_args(argv: list[str]) -> argparse.Namespace:
-    parser = ArgumentParser(prog="python -m jaxgpt.convert", description=__doc__.splitlines()[0])
-    parser.add_argument("model", metavar="MODEL.pt", help="torch.save(model.state_dict()) file or nanoGPT ckpt.pt")
-    parser.add_argument("out_dir", metavar="OUT_DIR", help="the jaxgpt run directory to write")
-    parser.add_argument("--tokenizer", metavar="FILE", help="the training text or a tokenizer.json "
-                        "(default: the dataset: $JAXGPT_DATA, the cache or a download)")
-    parser.add_argument("--n_head", type=int, help="heads per block; needed for nanoGPT state_dicts without "
-                        "model_args and for Hugging Face GPT-2")
-    parser.add_argument("--overwrite", action="store_true", help="allow writing into a non-empty OUT_DIR")
-    return parser.parse_args(argv)
-
-
-def main(argv: list[str] | None = None) -> None:
-    args = _parse_args(sys.argv[1:] if argv is None else argv)
-    state_dict, hints = load_torch_checkpoint(args.model)
-    if args.n_head is not None and hints.get("n_head", args.n_head) != args.n_head:
-        raise UsageError(f"--n_head={args.n_head} contradicts the checkpoint's model_args n_head={hints['n_head']}")
+def convert_checkpoint(model_path: str, out_dir: str, tokenizer_path: str | None = None, n_head: int | None = None,
+                       overwrite: bool = False) -> str:
+    """A PyTorch .pt file -> a jaxgpt run directory (see `write_run_dir`); returns a one-line summary."""
+    state_dict, hints = load_torch_checkpoint(model_path)
+    if n_head is not None and hints.get("n_head", n_head) != n_head:
+        raise UsageError(f"--n_head={n_head} contradicts the checkpoint's model_args n_head={hints['n_head']}")
     layout = detect_layout(state_dict)
-    n_head = args.n_head if args.n_head is not None else hints.get("n_head")
+    n_head = n_head if n_head is not None else hints.get("n_head")
     model_config, params = from_torch_state_dict(state_dict, n_head=n_head, dropout=hints.get("dropout", 0.0))
-    tokenizer, text_path = load_tokenizer(args.tokenizer)
+    tokenizer, text_path = load_tokenizer(tokenizer_path)
     if tokenizer.vocab_size != model_config.vocab_size:
         raise UsageError(f"the tokenizer has {tokenizer.vocab_size} characters but the model's vocabulary has "
                          f"{model_config.vocab_size} tokens; pass --tokenizer with the text the model was trained on")
-    out_dir = Path(args.out_dir)
     config = TrainConfig(model=model_config, data_path=None if text_path is None else str(text_path),
                          out_dir=str(out_dir))
-    write_run_dir(out_dir, config, params, tokenizer, args.overwrite)
-    print(f"converted {layout} checkpoint {args.model} ({count_params(params) / 1e6:.6f} M parameters, "
-          f"{model_config.n_layer} layers, {model_config.n_head} heads, n_embd {model_config.n_embd}) to {out_dir}")
+    write_run_dir(Path(out_dir), config, params, tokenizer, overwrite)
+    sizes = f"{model_config.n_layer} layers, {model_config.n_head} heads, n_embd {model_config.n_embd}"
+    n_params = f"{count_params(params) / 1e6:.6f} M parameters"
+    return f"converted {layout} checkpoint {model_path} ({n_params}, {sizes}) to {out_dir}"
 
 
-if __name__ == "__main__":
-    run_cli(main)
+if __name__ == "__main__":  # `python -m jaxgpt.convert`: the command line lives in jaxgpt/cli/convert.py
+    from jaxgpt.cli.convert import entry_point
+
+    entry_point()

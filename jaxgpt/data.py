@@ -115,12 +115,19 @@ class CharTokenizer:
     def decode(self, ids) -> str:
         return "".join(self.chars[int(i)] for i in ids)
 
+    def to_json(self) -> str:
+        return json.dumps({"chars": "".join(self.chars)}, ensure_ascii=False)
+
+    @classmethod
+    def from_json(cls, text: str) -> CharTokenizer:
+        return cls(tuple(json.loads(text)["chars"]))
+
     def save(self, path: str | os.PathLike) -> None:
-        Path(path).write_text(json.dumps({"chars": "".join(self.chars)}, ensure_ascii=False), encoding="utf-8")
+        Path(path).write_text(self.to_json(), encoding="utf-8")
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> CharTokenizer:
-        return cls(tuple(json.loads(Path(path).read_text(encoding="utf-8"))["chars"]))
+        return cls.from_json(Path(path).read_text(encoding="utf-8"))
 
 
 def train_val_split(tokens: np.ndarray, block_size: int) -> tuple[np.ndarray, np.ndarray]:
@@ -143,6 +150,12 @@ class Dataset:
     tokenizer: CharTokenizer
     train: np.ndarray  # (N_train,) int32
     val: np.ndarray  # (N_val,) int32
+
+    def fingerprint(self) -> str:
+        """sha256 of the encoded text: a resumed run must train on the same tokens."""
+        digest = hashlib.sha256(np.ascontiguousarray(self.train).tobytes())
+        digest.update(np.ascontiguousarray(self.val).tobytes())
+        return digest.hexdigest()
 
 
 def load_dataset(data_path: str | os.PathLike | None, block_size: int) -> Dataset:

@@ -1,9 +1,6 @@
-"""Errors that are the user's to fix, and how command-line tools report them."""
+"""Errors that are the user's to fix: jaxgpt.cli.run_cli prints them as one line with their exit status."""
 
 from __future__ import annotations
-
-import sys
-from collections.abc import Callable
 
 
 class JaxgptError(Exception):
@@ -16,15 +13,3 @@ class UsageError(JaxgptError, ValueError):
     """Bad input from the user (flag, file, argument): exit status 2."""
 
     exit_code = 2
-
-
-def run_cli(main: Callable[[list[str] | None], None], argv: list[str] | None = None) -> None:
-    """Run a CLI `main`, turning a `JaxgptError` into one line on stderr and its exit status."""
-    try:
-        main(argv)
-    except JaxgptError as err:
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(err.exit_code)
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        sys.exit(130)

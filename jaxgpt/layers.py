@@ -1,9 +1,10 @@
 """Two building blocks that XLA's CPU backend runs much faster than their Flax defaults, same results.
 
-- `dense_dot_general`, for `nn.Dense(dot_general=...)`: the layer as one 2-D matmul whose backward pass
+- `cpu_dense_dot_general`, for `nn.Dense(dot_general=...)`: the layer as one 2-D matmul whose backward pass
   computes the weight gradient x^T @ dy from a materialized x^T. XLA:CPU otherwise contracts over the
   leading axes of x and dy, which ran a Dense layer's forward + backward 1.3x (lecture sizes) to 2x
-  (`small` sizes) slower on our 2-core AMD EPYC (benchmarks/RESULTS.md, "Profile").
+  (`small` sizes) slower on our 2-core AMD EPYC (benchmarks/RESULTS.md, "Profile"). The model uses it where
+  its config says `dense_kernel="cpu"`, which "auto" resolves to on the CPU backend when the model is built.
 - `Dropout`: nn.Dropout with its mask from Threefry-2x32 rounds written out, so they fuse with the mask's
   comparison and multiply into one loop. jax.random lowers Threefry on CPU as a 5-iteration loop (to
   compile faster) that XLA cannot fuse: the lecture model's masks took as long as its whole forward pass
@@ -38,15 +39,15 @@ def _matmul_cpu_bwd(residuals, dy: jax.Array) -> tuple[jax.Array, jax.Array]:
 _matmul_cpu.defvjp(_matmul_cpu_fwd, _matmul_cpu_bwd)
 
 
-def dense_dot_general(x: jax.Array, kernel: jax.Array, dimension_numbers, precision=None,
-                      preferred_element_type=None) -> jax.Array:
-    """x (..., K) @ kernel (K, N) -> (..., N), for nn.Dense's `dot_general`; the custom backward on CPU only."""
+def cpu_dense_dot_general(x: jax.Array, kernel: jax.Array, dimension_numbers, precision=None,
+                          preferred_element_type=None) -> jax.Array:
+    """x (..., K) @ kernel (K, N) -> (..., N), for nn.Dense's `dot_general`, with the backward pass above."""
     (contract_x, contract_kernel), batch = dimension_numbers
     if tuple(contract_x) != (x.ndim - 1,) or tuple(contract_kernel) != (0,) or any(batch):
-        raise ValueError(f"dense_dot_general only contracts x's last axis with the kernel's first, got "
+        raise ValueError(f"cpu_dense_dot_general only contracts x's last axis with the kernel's first, got "
                          f"{dimension_numbers}")
     x2d = x.reshape(-1, x.shape[-1])  # (M, K)
-    if jax.default_backend() == "cpu" and precision is None and preferred_element_type is None:
+    if precision is None and preferred_element_type is None:
         y = _matmul_cpu(x2d, kernel)
     else:
         y = jax.lax.dot(x2d, kernel, precision=precision, preferred_element_type=preferred_element_type)

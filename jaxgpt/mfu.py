@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import jax
 
-from jaxgpt.model import GPTConfig
+from jaxgpt.config import GPTConfig
 
 # Dense peak FLOP/s per device, from the vendors' data sheets: (device_kind contains, bfloat16, float32).
 # "float32" is what XLA runs float32 matmuls at by default: TF32 tensor cores on A100/H100/H200,

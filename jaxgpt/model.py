@@ -13,22 +13,17 @@ The residual stream, LayerNorm, softmax and the loss stay in float32 (like torch
 
 from __future__ import annotations
 
-import dataclasses
 import functools
-import typing
 from collections.abc import Callable
-from typing import Literal
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from jaxgpt.config import Attention, GPTConfig
 from jaxgpt.errors import UsageError
-from jaxgpt.layers import Dropout, dense_dot_general
-
-Activation = Literal["relu", "gelu", "gelu_tanh"]
-Dtype = Literal["auto", "float32", "bfloat16"]
-Attention = Literal["xla", "dot_product"]
+from jaxgpt.layers import Dropout, cpu_dense_dot_general
+from jaxgpt.mfu import flops_per_token
 
 _weight_init = nn.initializers.normal(stddev=0.02)  # the lecture's _init_weights
 _ACTIVATIONS = {
@@ -38,70 +33,15 @@ _ACTIVATIONS = {
 }
 
 
-@dataclasses.dataclass(frozen=True)
-class GPTConfig:
-    """Model hyperparameters; the defaults are the lecture's final 10.79M model."""
-
-    vocab_size: int = 65
-    block_size: int = 256  # maximum context length
-    n_layer: int = 6
-    n_head: int = 6
-    n_embd: int = 384
-    dropout: float = 0.2
-    activation: Activation = "relu"  # "gelu" for nanoGPT, "gelu_tanh" for Hugging Face GPT-2
-    tie_embeddings: bool = False  # lm_head reuses the token embedding (GPT-2)
-    bias: bool = True  # biases in attention projection, MLP and LayerNorm
-    qkv_bias: bool = False  # biases in the query/key/value projections (GPT-2: True)
-    lm_head_bias: bool = True  # bias in the output layer (GPT-2: False)
-    layer_norm_eps: float = 1e-5
-    dtype: Dtype = "auto"  # matmul compute dtype; "auto": float32 on CPU, bfloat16 on GPU/TPU
-    attention: Attention = "xla"  # "dot_product": jax.nn.dot_product_attention (see causal_attention)
-
-    def __post_init__(self) -> None:
-        for name in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd"):
-            if getattr(self, name) <= 0:
-                raise UsageError(f"{name} must be positive, got {getattr(self, name)}")
-        if self.n_embd % self.n_head:
-            raise UsageError(
-                f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head}); "
-                f"try n_head={_nearest_divisor(self.n_embd, self.n_head)}"
-            )
-        if not 0.0 <= self.dropout < 1.0:
-            raise UsageError(f"dropout must be in [0, 1), got {self.dropout}")
-        if not self.layer_norm_eps > 0:  # also refuses NaN
-            raise UsageError(f"layer_norm_eps must be positive, got {self.layer_norm_eps}")
-        if self.activation not in _ACTIVATIONS:
-            raise UsageError(f"activation must be one of {sorted(_ACTIVATIONS)}, got {self.activation!r}")
-        if self.dtype not in typing.get_args(Dtype):
-            raise UsageError(f"dtype must be one of {', '.join(typing.get_args(Dtype))}, got {self.dtype!r}")
-        if self.attention not in typing.get_args(Attention):
-            raise UsageError(f"attention must be 'xla' or 'dot_product', got {self.attention!r}")
-
-    @property
-    def head_size(self) -> int:
-        return self.n_embd // self.n_head
-
-    @property
-    def compute_dtype(self) -> jnp.dtype | None:
-        """bfloat16, or None: compute in the parameters' own dtype (float32; float64 under jax_enable_x64)."""
-        resolved = resolve_dtype(self.dtype)
-        return None if resolved == "float32" else jnp.dtype(resolved)
+def compute_dtype(config: GPTConfig) -> jnp.dtype | None:
+    """bfloat16, or None: compute in the parameters' own dtype (float32; float64 under jax_enable_x64)."""
+    return None if config.dtype == "float32" else jnp.dtype(config.dtype)
 
 
-def resolve_dtype(dtype: str, backend: str | None = None) -> str:
-    """The concrete compute dtype: "auto" is float32 on CPU and bfloat16 on GPU/TPU (default backend)."""
-    if dtype != "auto":
-        return dtype
-    return "float32" if (backend or jax.default_backend()) == "cpu" else "bfloat16"
-
-
-def _nearest_divisor(n: int, near: int) -> int:
-    return min((d for d in range(1, n + 1) if n % d == 0), key=lambda d: (abs(d - near), d))
-
-
-def _dense(features: int, name: str, use_bias: bool, dtype: jnp.dtype | None) -> nn.Dense:
-    return nn.Dense(features, use_bias=use_bias, dtype=dtype, param_dtype=jnp.float32, kernel_init=_weight_init,
-                    bias_init=nn.initializers.zeros, dot_general=dense_dot_general, name=name)
+def _dense(config: GPTConfig, features: int, name: str, use_bias: bool) -> nn.Dense:
+    dot_general = cpu_dense_dot_general if config.dense_kernel == "cpu" else jax.lax.dot_general
+    return nn.Dense(features, use_bias=use_bias, dtype=compute_dtype(config), param_dtype=jnp.float32,
+                    kernel_init=_weight_init, bias_init=nn.initializers.zeros, dot_general=dot_general, name=name)
 
 
 def _layer_norm(config: GPTConfig, name: str) -> nn.LayerNorm:
@@ -149,9 +89,10 @@ class CausalSelfAttention(nn.Module):
     def __call__(self, x: jax.Array, deterministic: bool = True, cache_index: jax.Array | None = None) -> jax.Array:
         cfg = self.config
         B, T, C = x.shape
-        nh, hs, dtype = cfg.n_head, cfg.head_size, cfg.compute_dtype
+        nh, hs = cfg.n_head, cfg.head_size
+
         def heads(name: str) -> jax.Array:  # each head's keys, queries or values, all heads at once: (B, nh, T, hs)
-            return _dense(C, name, cfg.qkv_bias, dtype)(x).reshape(B, T, nh, hs).swapaxes(1, 2)
+            return _dense(cfg, C, name, cfg.qkv_bias)(x).reshape(B, T, nh, hs).swapaxes(1, 2)
 
         q, k, v = heads("query"), heads("key"), heads("value")
         mask = None  # plain causal
@@ -160,7 +101,7 @@ class CausalSelfAttention(nn.Module):
         weights_dropout = functools.partial(Dropout(cfg.dropout), deterministic=deterministic)
         out = causal_attention(q, k, v, cfg.attention, weights_dropout, mask)  # (B, nh, T, hs)
         out = out.swapaxes(1, 2).reshape(B, T, C)  # heads concatenated
-        out = _dense(C, "proj", cfg.bias, dtype)(out)
+        out = _dense(cfg, C, "proj", cfg.bias)(out)
         return Dropout(cfg.dropout)(out, deterministic=deterministic)
 
     def _extend_cache(self, k: jax.Array, v: jax.Array, index: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
@@ -187,9 +128,9 @@ class FeedForward(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array, deterministic: bool = True) -> jax.Array:
         cfg = self.config
-        x = _dense(4 * cfg.n_embd, "fc", cfg.bias, cfg.compute_dtype)(x)  # (B, T, 4C)
+        x = _dense(cfg, 4 * cfg.n_embd, "fc", cfg.bias)(x)  # (B, T, 4C)
         x = _ACTIVATIONS[cfg.activation](x)
-        x = _dense(cfg.n_embd, "proj", cfg.bias, cfg.compute_dtype)(x)  # (B, T, C)
+        x = _dense(cfg, cfg.n_embd, "proj", cfg.bias)(x)  # (B, T, C)
         return Dropout(cfg.dropout)(x, deterministic=deterministic)
 
 
@@ -209,12 +150,21 @@ class Block(nn.Module):
 class GPT(nn.Module):
     """The lecture's GPTLanguageModel: idx (B, T) int -> logits (B, T, V).
 
+    Token ids must be in [0, vocab_size): like torch.nn.Embedding's, an out-of-range id is not checked here
+    (inside a compiled function it cannot be), so check inputs first (`jaxgpt.data.check_tokens`).
+    The config's "auto" choices (dtype, dense_kernel) are made for JAX's default backend when the module is
+    constructed (`GPTConfig.resolved`), so the compiled code does not depend on where it is traced.
+
     `decode=True` (sampling) continues the tokens of earlier decode calls, whose keys and values the 'cache'
     collection holds: apply with `mutable=["cache"]`, starting without a cache. The caller keeps the total
     number of tokens within block_size.
     """
 
     config: GPTConfig
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "config", self.config.resolved())  # a frozen dataclass field, set once
+        super().__post_init__()
 
     @nn.compact
     def __call__(self, idx: jax.Array, deterministic: bool = True, decode: bool = False) -> jax.Array:
@@ -235,7 +185,7 @@ class GPT(nn.Module):
             if cfg.lm_head_bias:
                 logits += self.param("lm_head_bias", nn.initializers.zeros, (cfg.vocab_size,))
             return logits
-        return _dense(cfg.vocab_size, "lm_head", cfg.lm_head_bias, cfg.compute_dtype)(x)  # (B, T, V)
+        return _dense(cfg, cfg.vocab_size, "lm_head", cfg.lm_head_bias)(x)  # (B, T, V)
 
     def _advance_cache_index(self, T: int) -> jax.Array:
         """Number of tokens cached by earlier decode calls; counts this call's T tokens for the next one."""
@@ -244,6 +194,10 @@ class GPT(nn.Module):
         index.value = start + T
         return start
 
+    def flops_per_token(self, n_params: int) -> int:
+        """Training FLOPs per token (see jaxgpt.mfu)."""
+        return flops_per_token(self.config, n_params)
+
 
 class BigramLanguageModel(nn.Module):
     """The lecture's first model: each token reads the next token's logits off a (V, V) table."""
@@ -251,10 +205,29 @@ class BigramLanguageModel(nn.Module):
     vocab_size: int
 
     @nn.compact
-    def __call__(self, idx: jax.Array, deterministic: bool = True) -> jax.Array:
-        del deterministic  # no dropout; the argument keeps the models interchangeable
+    def __call__(self, idx: jax.Array, deterministic: bool = True, decode: bool = False) -> jax.Array:
+        del deterministic, decode  # no dropout, and no context to cache: the arguments keep the models alike
         table = nn.Embed(self.vocab_size, self.vocab_size, name="token_embedding_table")
         return table(idx)  # (B, T, V)
+
+    def flops_per_token(self, n_params: int) -> int:
+        del n_params
+        return 0  # a table lookup: no matmuls
+
+
+LanguageModel = GPT | BigramLanguageModel  # idx (B, T) -> logits (B, T, V); both take deterministic and decode
+
+
+def build_model(config: GPTConfig) -> LanguageModel:
+    """The module that `config.model_type` names: the only place that tells the models apart."""
+    if config.model_type == "bigram":
+        return BigramLanguageModel(config.vocab_size)
+    return GPT(config)
+
+
+def init_params(config: GPTConfig, key: jax.Array):
+    """A fresh parameter pytree for `config`'s model, drawn from `key`."""
+    return build_model(config).init(key, jnp.zeros((1, config.block_size), jnp.int32))["params"]
 
 
 def count_params(params) -> int:

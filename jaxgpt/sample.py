@@ -1,13 +1,14 @@
-"""Sampling text from a trained model: `python -m jaxgpt.sample --out_dir=RUN [--prompt=TEXT ...]`.
+"""Sampling text from a trained model (the command line is `python -m jaxgpt.sample`, jaxgpt/cli/sample.py).
 
 Every random draw is controlled by a PRNG key: the new token at position i (0-based among the new tokens) is
 `jax.random.categorical(jax.random.fold_in(key, i), filtered_logits / temperature)`, where the top-k / top-p
 filters act on the raw logits; temperature 0 takes the argmax. Both samplers below follow that rule, so they
 give the same tokens for the same key:
 
-- `generate` (GPT): a prefill pass over the prompt fills a per-layer KV cache, then a `lax.scan` adds one token
-  per step, feeding only the newest token. The cache grows to block_size in KV_CACHE_GROWTH steps (a scan per
-  size, compiled together), so attention reads about the positions in use, not all block_size. Once the
+- `generate` (GPT or bigram, as the config says): a prefill pass over the prompt fills a per-layer KV cache,
+  then a `lax.scan` adds one token per step, feeding only the newest token. The cache grows to block_size in
+  KV_CACHE_GROWTH steps (a scan per size, compiled together), so attention reads about the positions in use,
+  not all block_size. Once the
   context exceeds block_size, the learned absolute positions of all kept tokens shift with every new token, so
   each step reruns the model on the last block_size tokens (the lecture's semantics, in the same compiled loop;
   about block_size times the work of a cached step).
@@ -19,22 +20,16 @@ from __future__ import annotations
 
 import functools
 import numbers
-import sys
-from pathlib import Path
 from typing import NamedTuple
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import numpy as np
 
-from jaxgpt import checkpoint, compile_cache
-from jaxgpt.cli import ArgumentParser, check_unknown_flags
-from jaxgpt.config import TrainConfig
-from jaxgpt.errors import UsageError, run_cli
-from jaxgpt.model import GPT, BigramLanguageModel, GPTConfig
+from jaxgpt.config import GPTConfig
+from jaxgpt.errors import UsageError
+from jaxgpt.model import build_model
 
-RULE = "-" * 40  # printed between samples
 # The KV cache grows to block_size in this many equal steps. More steps: less cache read per token, one more
 # scan body to compile each (lecture config on CPU, 1 -> 4: ~40% more tokens/s, ~2 s more compile time).
 KV_CACHE_GROWTH = 4
@@ -149,12 +144,13 @@ def _resize_cache(cache, size: int):
 def _generate_cached(config: GPTConfig, params, prompt: jax.Array, key: jax.Array, sampling: Sampling, *,
                      max_new_tokens: int) -> jax.Array:
     """Prefill the KV cache, decode one token per step while the context fits, then recompute per token."""
-    model, T0 = GPT(config), prompt.shape[1]
+    model, T0 = build_model(config), prompt.shape[1]
     tokens = _token_buffer(prompt, max_new_tokens)
     # prefill: the last block_size prompt tokens (the lecture's crop) fill the cache and give new token 0
     logits, variables = model.apply({"params": params}, prompt[:, -config.block_size:], decode=True,
                                     mutable=["cache"])  # (B, min(T0, block_size), V)
     first = draw_token(logits[:, -1], jax.random.fold_in(key, 0), sampling)
+    cache = variables.get("cache", {})  # the bigram model keeps none
     tokens = tokens.at[:, T0].set(first)
 
     def cached_step(carry, i):  # new token i: feed token i - 1, attend to the cache
@@ -163,10 +159,11 @@ def _generate_cached(config: GPTConfig, params, prompt: jax.Array, key: jax.Arra
         logits, variables = model.apply({"params": params, "cache": cache}, previous, decode=True,
                                         mutable=["cache"])  # (B, 1, V)
         new = draw_token(logits[:, -1], jax.random.fold_in(key, i), sampling)  # (B,)
-        return (jax.lax.dynamic_update_slice_in_dim(tokens, new[:, None], T0 + i, axis=1), variables["cache"]), None
+        tokens = jax.lax.dynamic_update_slice_in_dim(tokens, new[:, None], T0 + i, axis=1)
+        return (tokens, variables.get("cache", {})), None
 
     n_cached = min(max_new_tokens, max(config.block_size - T0, 0) + 1)  # new tokens whose context fits the cache
-    cache, start = variables["cache"], 1
+    start = 1
     for size in kv_cache_sizes(config.block_size):  # one scan per cache size: attention reads only that many
         stop = min(n_cached, size - T0 + 1)  # new token i reads and writes cache positions < T0 + i
         if start < stop:
@@ -192,7 +189,8 @@ def generate_with_model(model: nn.Module, params, prompt: jax.Array, max_new_tok
 
 def generate(config: GPTConfig, params, prompt: jax.Array, max_new_tokens: int, key: jax.Array, *,
              temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None) -> jax.Array:
-    """Continue each row of `prompt` (B, T0) by `max_new_tokens` tokens -> (B, T0 + max_new_tokens), KV-cached.
+    """Continue each row of `prompt` (B, T0) by `max_new_tokens` tokens -> (B, T0 + max_new_tokens), KV-cached,
+    with the model that `config` describes (`config.model_type`).
 
     Compiled once per (config, prompt shape, max_new_tokens); other keys and sampling settings reuse it.
     """
@@ -204,56 +202,7 @@ def generate(config: GPTConfig, params, prompt: jax.Array, max_new_tokens: int, 
                             max_new_tokens=int(max_new_tokens))
 
 
-def generate_for_run(config: TrainConfig, params, prompt: jax.Array, max_new_tokens: int, key: jax.Array,
-                     **sampling) -> jax.Array:
-    """Sample from a training run's model: `generate` for a GPT, `generate_with_model` for the bigram model."""
-    if config.model_type == "bigram":
-        model = BigramLanguageModel(config.model.vocab_size)
-        return generate_with_model(model, params, prompt, max_new_tokens, key, block_size=config.block_size,
-                                   vocab_size=config.model.vocab_size, **sampling)
-    return generate(config.model, params, prompt, max_new_tokens, key, **sampling)
+if __name__ == "__main__":  # `python -m jaxgpt.sample`: the command line lives in jaxgpt/cli/sample.py
+    from jaxgpt.cli.sample import entry_point
 
-
-def _optional(convert):
-    return lambda raw: None if raw.lower() in ("none", "") else convert(raw)
-
-
-def parse_sample_args(argv: list[str]) -> dict:
-    parser = ArgumentParser(prog="python -m jaxgpt.sample", description=__doc__.splitlines()[0])
-    parser.add_argument("--out_dir", required=True, help="directory of a training run")
-    parser.add_argument("--prompt", default="\n", help="text to continue (default: a newline, like the lecture)")
-    parser.add_argument("--num_samples", type=int, default=3, help="independent samples (default: %(default)s)")
-    parser.add_argument("--max_new_tokens", type=int, default=500, help="characters per sample (default: %(default)s)")
-    parser.add_argument("--temperature", type=float, default=1.0,
-                        help="0 is greedy; 1 (default) samples the model's distribution, like the lecture")
-    parser.add_argument("--top_k", type=_optional(int), default=None, help="keep the k most likely tokens")
-    parser.add_argument("--top_p", type=_optional(float), default=None, help="keep the nucleus of mass p")
-    parser.add_argument("--seed", type=int, default=1337, help="the samples' PRNG seed (default: %(default)s)")
-    check_unknown_flags(argv, {action.dest for action in parser._actions} | {"help"})
-    args = vars(parser.parse_args(argv))
-    if args["num_samples"] < 1:
-        raise UsageError(f"--num_samples must be >= 1, got {args['num_samples']}")
-    if not args["prompt"]:
-        raise UsageError("--prompt must not be empty; leave it out to start from a newline")
-    return args
-
-
-def main(argv: list[str] | None = None) -> None:
-    args = parse_sample_args(sys.argv[1:] if argv is None else argv)
-    compile_cache.enable_default()
-    if not Path(args["out_dir"]).is_dir():
-        raise UsageError(f"--out_dir {args['out_dir']!r} does not exist; pass the out_dir of a training run")
-    config, params, tokenizer = checkpoint.load(args["out_dir"])
-    try:
-        prompt_ids = tokenizer.encode(args["prompt"])
-    except UsageError as err:
-        raise UsageError(f"--prompt has {err}") from None
-    prompt = jnp.asarray([prompt_ids] * args["num_samples"], jnp.int32)  # (num_samples, T0)
-    tokens = generate_for_run(config, params, prompt, args["max_new_tokens"], jax.random.key(args["seed"]),
-                              temperature=args["temperature"], top_k=args["top_k"], top_p=args["top_p"])
-    samples = [tokenizer.decode(row) for row in np.asarray(tokens)]
-    print(f"\n{RULE}\n".join(samples))
-
-
-if __name__ == "__main__":
-    run_cli(main)
+    entry_point()

@@ -1,26 +1,22 @@
-"""Train a GPT on a text file: `python -m jaxgpt.train --config=small [--field=value ...]`.
+"""Training: a `Run` owns one training run; `train(config)` builds one and runs it to the end.
 
 Every random draw derives from (seed, step): batches and dropout masks of step s come from
 `fold_in(train_key, s)` inside the jitted step, so the same seed gives the same run, and a run resumed
 from a checkpoint (`--resume`) continues exactly as if it had never stopped.
+
+The command line is `python -m jaxgpt.train` (jaxgpt/cli/train.py).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
-import json
 import math
-import os
-import shlex
 import sys
-import tempfile
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -28,17 +24,18 @@ import optax
 from flax import struct
 from tqdm.auto import tqdm
 
-from jaxgpt import checkpoint, compile_cache, sharding
-from jaxgpt.cli import parse_train_args
-from jaxgpt.config import TrainConfig
+from jaxgpt import sharding
+from jaxgpt.checkpoint import RunCheckpoints
+from jaxgpt.config import TrainConfig, resume_changes
 from jaxgpt.data import Dataset, get_batch, load_dataset
-from jaxgpt.errors import JaxgptError, UsageError, run_cli
-from jaxgpt.interrupt import StopRequest, stop_on_signals
-from jaxgpt.mfu import device_peak_flops, flops_per_token, mfu
-from jaxgpt.model import GPT, BigramLanguageModel, count_params, resolve_dtype
+from jaxgpt.errors import JaxgptError, UsageError
+from jaxgpt.interrupt import StopRequest
+from jaxgpt.mfu import device_peak_flops, mfu
+from jaxgpt.model import LanguageModel, build_model, count_params, init_params
 from jaxgpt.optim import learning_rate_schedule, make_optimizer
-from jaxgpt.plot import read_metrics, write_loss_plot
-from jaxgpt.sample import generate_for_run
+from jaxgpt.plot import write_loss_plot
+from jaxgpt.rundir import RunDir
+from jaxgpt.sample import generate
 
 # Independent streams derived from the seed.
 INIT_STREAM, TRAIN_STREAM, EVAL_STREAM, SAMPLE_STREAM = range(4)
@@ -60,37 +57,8 @@ class TrainState(struct.PyTreeNode):
                    first_bad_step=jnp.full((), -1, jnp.int32))
 
 
-def build_model(config: TrainConfig) -> nn.Module:
-    if config.model_type == "bigram":
-        return BigramLanguageModel(config.model.vocab_size)
-    return GPT(config.model)
-
-
 def stream_key(seed: int, stream: int) -> jax.Array:
     return jax.random.fold_in(jax.random.key(seed), stream)
-
-
-def init_state(config: TrainConfig, model: nn.Module, tx: optax.GradientTransformation) -> TrainState:
-    dummy = jnp.zeros((1, config.block_size), jnp.int32)
-    params = model.init(stream_key(config.seed, INIT_STREAM), dummy)["params"]
-    return TrainState.fresh(params, tx)
-
-
-def for_dataset(config: TrainConfig, dataset: Dataset) -> TrainConfig:
-    """`config` with the model's vocab_size taken from the dataset's tokenizer and dtype "auto" resolved."""
-    model_config = dataclasses.replace(config.model, vocab_size=dataset.tokenizer.vocab_size,
-                                       dtype=resolve_dtype(config.model.dtype))
-    return dataclasses.replace(config, model=model_config)
-
-
-def build_run(config: TrainConfig, mesh: jax.sharding.Mesh) -> tuple[nn.Module, optax.GradientTransformation,
-                                                                     sharding.Placement, TrainState]:
-    """The model, optimizer, placement on `mesh` and step-0 train state of a config resolved by `for_dataset`."""
-    model, tx = build_model(config), make_optimizer(config)
-    init = functools.partial(init_state, config, model, tx)
-    placement = sharding.Placement.for_state(mesh, jax.eval_shape(init))
-    state = jax.jit(init, out_shardings=placement.state)()  # each device creates only its own slices
-    return model, tx, placement, state
 
 
 def all_finite(tree) -> jax.Array:
@@ -103,7 +71,7 @@ def cross_entropy(logits: jax.Array, targets: jax.Array) -> jax.Array:
     return optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), targets).mean()
 
 
-def make_train_step(config: TrainConfig, model: nn.Module, tx: optax.GradientTransformation,
+def make_train_step(config: TrainConfig, model: LanguageModel, tx: optax.GradientTransformation,
                     placement: sharding.Placement) -> Callable:
     """state, train_data -> (state, loss): `steps_per_call` times batch, forward, backward and AdamW update.
 
@@ -143,7 +111,7 @@ def make_train_step(config: TrainConfig, model: nn.Module, tx: optax.GradientTra
     return jax.jit(train_steps, in_shardings=shardings, out_shardings=shardings, donate_argnums=0)
 
 
-def make_estimate_loss(config: TrainConfig, model: nn.Module, placement: sharding.Placement) -> Callable:
+def make_estimate_loss(config: TrainConfig, model: LanguageModel, placement: sharding.Placement) -> Callable:
     """params, data, key -> mean loss over `eval_iters` random batches (dropout off), one compiled call."""
 
     @jax.jit
@@ -158,6 +126,17 @@ def make_estimate_loss(config: TrainConfig, model: nn.Module, placement: shardin
     return estimate_loss
 
 
+def resolved_steps_per_call(config: TrainConfig, start_step: int = 0) -> int:
+    """The most steps per compiled call, up to `steps_per_call`, that evaluations and checkpoints still fall between."""
+    interval = math.gcd(config.eval_interval, config.max_iters, config.checkpoint_interval, start_step)
+    return max(k for k in range(1, config.steps_per_call + 1) if interval % k == 0)
+
+
+def eval_steps(config: TrainConfig) -> list[int]:
+    """Steps (optimizer updates done) after which the losses are estimated: 0, every interval, and the last."""
+    return sorted(set(range(0, config.max_iters, config.eval_interval)) | {config.max_iters})
+
+
 @dataclasses.dataclass
 class TrainResult:
     state: TrainState
@@ -167,249 +146,248 @@ class TrainResult:
     interrupted: bool = False  # stopped early by a signal, after saving a checkpoint
 
 
-def resolved_steps_per_call(config: TrainConfig, start_step: int = 0) -> int:
-    """The most steps per compiled call, up to `steps_per_call`, that evaluations and checkpoints still fall between."""
-    interval = math.gcd(config.eval_interval, config.max_iters, config.checkpoint_interval, start_step)
-    return max(k for k in range(1, config.steps_per_call + 1) if interval % k == 0)
+def _quiet(_: str) -> None:
+    """The log of processes other than 0."""
 
 
-def run_flops(config: TrainConfig, n_params: int) -> tuple[float, float | None]:
-    """(training FLOPs per token, peak FLOP/s of the devices: --peak_flops or the known-devices table)."""
-    if config.model_type == "bigram":
-        return 0.0, None  # a table lookup: no matmuls
-    peak = config.peak_flops
-    if peak is None:
-        per_device = device_peak_flops(jax.devices()[0], config.model.dtype)
-        peak = per_device * jax.device_count() if per_device else None
-    return flops_per_token(config.model, n_params), peak
+class Run:
+    """One training run, built once from a config: the dataset, the device mesh and where each array lives on it,
+    the model, the optimizer, the compiled train step and loss estimate, the train state and the checkpoints.
 
+    `Run(config)` checks the run directory, builds everything and, with `config.resume`, restores the latest
+    usable checkpoint. Then `fit()` trains to max_iters; `step()`, `evaluate()` and `save()` are its parts.
+    Use it as a context manager (or call `close()`): checkpoints are written in the background until then.
+    Sharded over all devices of all processes (`--fsdp`, `--multihost`); only process 0 logs and writes files
+    other than checkpoints (orbax coordinates those).
+    """
 
-def eval_steps(config: TrainConfig) -> list[int]:
-    """Steps (optimizer updates done) after which the losses are estimated: 0, every interval, and the last."""
-    return sorted(set(range(0, config.max_iters, config.eval_interval)) | {config.max_iters})
+    def __init__(self, config: TrainConfig, log: Callable[[str], None] = print):
+        sharding.initialize_distributed(config.multihost)
+        self.is_main = sharding.is_main_process()
+        self.log = log if self.is_main else _quiet
+        self.dataset = load_dataset(config.data_path, config.block_size)
+        self.config = config.for_vocab(self.dataset.tokenizer.vocab_size)
+        self.mesh = sharding.make_mesh(config.fsdp)
+        sharding.check_batch_size(config.batch_size, self.mesh)
+        self.run_dir = RunDir(config.out_dir)
+        self.run_dir.check_start(config.resume, config.overwrite)
+        sharding.sync("out_dir checked")  # every process looks before process 0 writes
+        if self.is_main:
+            self.run_dir.create(config.overwrite)
 
+        self.model, self.tx = build_model(self.config.model), make_optimizer(self.config)
+        init = functools.partial(self._init_state, self.config.seed)
+        self.placement = sharding.Placement.for_state(self.mesh, jax.eval_shape(init))
+        self.state: TrainState = jax.jit(init, out_shardings=self.placement.state)()  # each device its own slices
+        self.n_params = count_params(self.state.params)
+        self.log(f"{self.n_params / 1e6:.6f} M parameters")
+        state_bytes = sum(leaf.nbytes for leaf in jax.tree_util.tree_leaves((self.state.params, self.state.opt_state)))
+        self.run_dir.check_free_space(state_bytes, copies=config.keep_checkpoints + 2)
+        self.data_sha256 = self.dataset.fingerprint()
+        self.checkpoints = RunCheckpoints(self.run_dir, config.keep_checkpoints)
+        self.history: list[dict[str, float]] = []
+        self.last_saved = self.checkpoints.latest_step()
+        self.best_val_loss = self.checkpoints.best_val_loss()
+        self.train_data, self.val_data = self.placement.replicate(self.dataset.train), self.placement.replicate(
+            self.dataset.val)
+        self._estimate_loss = make_estimate_loss(self.config, self.model, self.placement)
+        # Compiled at the first step() for the most steps per call (up to config.steps_per_call) that keep every
+        # evaluation and checkpoint from there on a call boundary.
+        self._train_step: Callable | None = None
+        self.steps_per_call = resolved_steps_per_call(self.config)
+        if config.resume:
+            self.restore()
+        elif self.is_main:
+            self._write_run_files()
+        self._reset_clock()
 
-def prepare_out_dir(config: TrainConfig) -> Path:
-    """Check out_dir before any work: resumable (--resume), empty, or cleared of a previous run (--overwrite)."""
-    out_dir = Path(config.out_dir)
-    if out_dir.exists() and not out_dir.is_dir():
-        raise UsageError(f"out_dir {str(out_dir)!r} is a file; choose a directory")
-    if config.resume:
-        if not (out_dir / checkpoint.CHECKPOINTS_DIR).is_dir():
-            raise UsageError(f"nothing to resume in {str(out_dir)!r}: it has no {checkpoint.CHECKPOINTS_DIR}/; "
-                             "start without --resume")
-    elif out_dir.exists() and any(out_dir.iterdir()) and not config.overwrite:
-        raise UsageError(f"out_dir {str(out_dir)!r} is not empty; choose another --out_dir, pass --resume to "
-                         "continue its run or --overwrite to replace it")
-    sharding.sync("out_dir checked")  # every process looks before process 0 writes
-    if not sharding.is_main_process():
-        return out_dir
-    if config.overwrite and out_dir.is_dir():
-        checkpoint.remove_run(out_dir)
-    try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryFile(dir=out_dir):
-            pass
-    except OSError as err:
-        raise UsageError(f"cannot write to out_dir {str(out_dir)!r}: {err.strerror}") from None
-    return out_dir
+    def _init_state(self, seed: int) -> TrainState:
+        return TrainState.fresh(init_params(self.config.model, stream_key(seed, INIT_STREAM)), self.tx)
 
+    def _write_run_files(self) -> None:
+        self.run_dir.write_metrics(self.history)  # on resume: without the evaluations after the checkpoint
+        self.run_dir.write_config(self.config)
+        self.run_dir.write_tokenizer(self.dataset.tokenizer)
 
-def write_metrics(out_dir: Path, records: list[dict]) -> None:
-    """Replace metrics.jsonl with `records`, atomically."""
-    tmp = out_dir / "metrics.jsonl.tmp"
-    tmp.write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
-    os.replace(tmp, out_dir / "metrics.jsonl")
+    def __enter__(self) -> Run:
+        return self
 
+    def __exit__(self, *exc_info) -> None:
+        self.close()
 
-def saved_config(config: TrainConfig) -> TrainConfig:
-    """The config as written to config.json and checkpoints: without the one-off --resume/--overwrite."""
-    return dataclasses.replace(config, resume=False, overwrite=False)
+    def close(self) -> None:
+        """Wait for the checkpoints being written, then release them."""
+        self.checkpoints.close()
 
+    @property
+    def step_count(self) -> int:
+        """Optimizer steps done (reads the device's counter)."""
+        return int(self.state.step)
 
-def resume_state(config: TrainConfig, state: TrainState, checkpoints: checkpoint.RunCheckpoints,
-                 data_sha256: str, log: Callable[[str], None]) -> tuple[TrainState, list[dict]]:
-    """The state of the latest usable checkpoint, checked against config and data; metrics after it dropped."""
+    def compile(self) -> jax.stages.Compiled:
+        """The train step compiled for the steps per call from the current step (once; `step()` calls it)."""
+        if self._train_step is None:
+            self.steps_per_call = resolved_steps_per_call(self.config, self.step_count)
+            config = dataclasses.replace(self.config, steps_per_call=self.steps_per_call)
+            train_step = make_train_step(config, self.model, self.tx, self.placement)
+            self._train_step = train_step.lower(self.state, self.train_data).compile()
+            self._reset_clock()  # throughput counts from here, without the compilation
+        return self._train_step
 
-    def check(step: int, meta: dict) -> None:
-        where = f"step {step} in {checkpoints.out_dir}"
-        changed = checkpoint.check_resume_config(TrainConfig.from_dict(meta["config"]), config, where)
-        if meta["data_sha256"] != data_sha256:
-            raise UsageError(f"cannot resume from {where}: the training text differs from the checkpoint's "
-                             "(sha256 mismatch); use the same --data_path")
-        if changed:
-            log(f"resuming with changed settings: {', '.join(changed)}")
+    def step(self) -> jax.Array:
+        """`steps_per_call` optimizer steps in one compiled call; returns the last one's loss (still on device)."""
+        self.state, loss = self.compile()(self.state, self.train_data)
+        return loss
 
-    restored = checkpoints.restore_latest(state.params, state.opt_state, log, check)
-    checkpoints.discard_best_after(restored.step)
-    history = [r for r in read_metrics(checkpoints.out_dir) if r["step"] <= restored.step]
-    log(f"resuming from step {restored.step}")
-    step = jax.device_put(jnp.int32(restored.step), state.step.sharding)
-    return state.replace(step=step, params=restored.params, opt_state=restored.opt_state), history
+    def _reset_clock(self) -> None:
+        self._clock = (time.perf_counter(), int(self.state.step))
 
+    def tokens_per_sec(self) -> float | None:
+        """Training throughput since the clock was last reset (at the first step and after each evaluation)."""
+        seconds, steps = time.perf_counter() - self._clock[0], self.step_count - self._clock[1]
+        return self.config.batch_size * self.config.block_size * steps / seconds if steps else None
 
-def raise_if_diverged(state: TrainState, checkpoints: checkpoint.RunCheckpoints, last_saved: int | None) -> None:
-    """Stop with a clear error once a step went non-finite (reads one scalar: waits for the device)."""
-    bad = int(state.first_bad_step)
-    if bad >= 0:
-        then = "--resume" if last_saved is not None else "start again with --overwrite"
-        kept = (f"the latest checkpoint is still step {last_saved} in {checkpoints.out_dir}"
-                if last_saved is not None else "no checkpoint was written")
-        raise JaxgptError(f"training diverged: the loss or parameters became non-finite at step {bad}; {kept}; "
-                          f"lower --learning_rate or set --grad_clip, then {then}")
+    def evaluate(self) -> dict[str, float | None]:
+        """Estimate train and val loss at the current step (`eval_iters` batches each); log and record them."""
+        self.raise_if_diverged()
+        step, tokens_per_sec = self.step_count, self.tokens_per_sec()
+        step_key = jax.random.fold_in(stream_key(self.config.seed, EVAL_STREAM), step)
+        train_key, val_key = jax.random.fold_in(step_key, 0), jax.random.fold_in(step_key, 1)
+        record = {
+            "step": step,
+            "train_loss": float(self._estimate_loss(self.state.params, self.train_data, train_key)),
+            "val_loss": float(self._estimate_loss(self.state.params, self.val_data, val_key)),
+            "tokens_per_sec": tokens_per_sec,
+            "mfu": mfu(tokens_per_sec, *self._flops()) if tokens_per_sec else None,
+            "learning_rate": float(learning_rate_schedule(self.config)(step)),
+        }
+        if not np.isfinite(record["train_loss"]):
+            raise JaxgptError(f"loss became {record['train_loss']} at step {step}; "
+                              "lower --learning_rate or set --grad_clip")
+        self.history.append(record)
+        if self.is_main:
+            self.run_dir.append_metrics(record)
+        self.log(f"step {step}: train loss {record['train_loss']:.4f}, val loss {record['val_loss']:.4f}")
+        return record
+
+    def _flops(self) -> tuple[float, float | None]:
+        """(training FLOPs per token, peak FLOP/s of all devices: --peak_flops or the known-devices table)."""
+        peak = self.config.peak_flops
+        if peak is None:
+            per_device = device_peak_flops(jax.devices()[0], self.config.model.dtype)
+            peak = per_device * jax.device_count() if per_device else None
+        return self.model.flops_per_token(self.n_params), peak
+
+    def save(self) -> None:
+        """Start writing a checkpoint of the current step (finished in the background)."""
+        self.raise_if_diverged()  # nothing non-finite becomes the latest checkpoint
+        step = self.step_count
+        meta = {**self._meta(), "step": step, "val_loss": self.history[-1]["val_loss"] if self.history else None}
+        self.checkpoints.save(step, self.state.params, self.state.opt_state, meta)
+        self.last_saved = step
+
+    def save_best(self) -> None:
+        """Keep the current params as the run's best checkpoint (by the last evaluation's val loss)."""
+        self.best_val_loss = self.history[-1]["val_loss"]
+        meta = {**self._meta(), "step": self.step_count, "val_loss": self.best_val_loss}
+        self.checkpoints.save_best(self.step_count, self.state.params, meta)
+
+    def _meta(self) -> dict[str, Any]:
+        return {"seed": self.config.seed, "config": self.config.as_saved().to_dict(), "data_sha256": self.data_sha256}
+
+    def restore(self) -> None:
+        """Continue from the latest usable checkpoint, checked against this config and data; the metrics after it
+        are dropped (they are recomputed)."""
+
+        def check(step: int, meta: dict) -> None:
+            where = f"step {step} in {self.run_dir}"
+            changed = resume_changes(TrainConfig.from_dict(meta["config"]), self.config, where)
+            if meta["data_sha256"] != self.data_sha256:
+                raise UsageError(f"cannot resume from {where}: the training text differs from the checkpoint's "
+                                 "(sha256 mismatch); use the same --data_path")
+            if changed:
+                self.log(f"resuming with changed settings: {', '.join(changed)}")
+
+        restored = self.checkpoints.restore_latest(self.state.params, self.state.opt_state, self.log, check)
+        self.checkpoints.discard_best_after(restored.step)
+        self.best_val_loss = self.checkpoints.best_val_loss()
+        self.history = [r for r in self.run_dir.read_metrics() if r["step"] <= restored.step]
+        self.log(f"resuming from step {restored.step}")
+        step = jax.device_put(jnp.int32(restored.step), self.state.step.sharding)
+        self.state = self.state.replace(step=step, params=restored.params, opt_state=restored.opt_state)
+        self.last_saved, self._train_step = restored.step, None  # recompiled for the steps per call from here
+        if self.is_main:
+            self._write_run_files()
+
+    def raise_if_diverged(self) -> None:
+        """Stop with a clear error once a step went non-finite (reads one scalar: waits for the device)."""
+        bad = int(self.state.first_bad_step)
+        if bad >= 0:
+            saved = self.last_saved is not None
+            kept = (f"the latest checkpoint is still step {self.last_saved} in {self.run_dir}" if saved
+                    else "no checkpoint was written")
+            then = "--resume" if saved else "start again with --overwrite"
+            raise JaxgptError(f"training diverged: the loss or parameters became non-finite at step {bad}; {kept}; "
+                              f"lower --learning_rate or set --grad_clip, then {then}")
+
+    def fit(self, stop: StopRequest | None = None) -> bool:
+        """Train to max_iters, evaluating, logging and checkpointing. Returns whether `stop` (set by a signal
+        handler, see jaxgpt.interrupt) ended the run early, after a checkpoint of that step."""
+        stop, config, step = stop or StopRequest(), self.config, self.step_count
+        if step == 0 and not self.history:
+            self.evaluate()
+        if step >= config.max_iters:
+            self.log(f"step {step} is already max_iters {config.max_iters}: nothing to train "
+                     "(raise --max_iters to go on)")
+        evals = set(eval_steps(config))
+        bar = tqdm(initial=step, total=config.max_iters, disable=not (config.progress and self.is_main),
+                   dynamic_ncols=True, leave=False, file=sys.stderr)
+        while step < config.max_iters and not stop.agreed(step):
+            loss = self.step()
+            step += self.steps_per_call
+            bar.update(self.steps_per_call)
+            if step % PROGRESS_EVERY < self.steps_per_call:  # reading the loss waits for the device: not every step
+                self.raise_if_diverged()
+                bar.set_postfix(loss=f"{float(loss):.4f}", tok_s=f"{self.tokens_per_sec():,.0f}")
+            if step in evals:
+                jax.block_until_ready(self.state)
+                bar.clear()
+                if self.evaluate()["val_loss"] < self.best_val_loss:
+                    self.save_best()
+            if step % config.checkpoint_interval == 0 or step == config.max_iters:
+                self.save()
+            if step in evals:
+                self._reset_clock()
+        bar.close()
+        if step < config.max_iters and self.last_saved != step:
+            self.save()
+        return step < config.max_iters
+
+    def sample_text(self, num_chars: int) -> str:
+        """`num_chars` characters continuing token 0 (a newline in Shakespeare), as the lecture samples."""
+        prompt = jnp.zeros((1, 1), jnp.int32)
+        key = stream_key(self.config.seed, SAMPLE_STREAM)
+        tokens = generate(self.config.model, self.state.params, prompt, num_chars, key)
+        return self.dataset.tokenizer.decode(tokens[0, 1:])
 
 
 def train(config: TrainConfig, log: Callable[[str], None] = print, stop: StopRequest | None = None) -> TrainResult:
     """Run the lecture's training loop; writes config, tokenizer, metrics, checkpoints and plot to out_dir.
 
-    With `config.resume`, continues the run in out_dir from its latest usable checkpoint. `stop` (set by a
-    signal handler, see jaxgpt.interrupt) ends the run after the current step, with a checkpoint.
-    Sharded over all devices of all processes (`--fsdp`, `--multihost`); only process 0 logs and writes files
-    (checkpoints are written by all: orbax coordinates them).
+    With `config.resume`, continues the run in out_dir from its latest usable checkpoint. `stop` ends the run
+    after the current step, with a checkpoint (see `Run.fit`).
     """
-    sharding.initialize_distributed(config.multihost)
-    main_process = sharding.is_main_process()
-    log = log if main_process else _quiet
-    stop = stop or StopRequest()
-    dataset = load_dataset(config.data_path, config.block_size)
-    config = for_dataset(config, dataset)
-    mesh = sharding.make_mesh(config.fsdp)
-    sharding.check_batch_size(config.batch_size, mesh)
-    out_dir = prepare_out_dir(config)
-
-    model, tx, placement, state = build_run(config, mesh)
-    log(f"{count_params(state.params) / 1e6:.6f} M parameters")
-    checkpoint.check_free_space(out_dir, (state.params, state.opt_state), copies=config.keep_checkpoints + 2)
-    data_sha256 = checkpoint.data_fingerprint(dataset.train, dataset.val)
-    with checkpoint.RunCheckpoints(out_dir, config.keep_checkpoints) as checkpoints:
-        history: list[dict[str, float]] = []
-        if config.resume:
-            state, history = resume_state(config, state, checkpoints, data_sha256, log)
-        if main_process:
-            write_metrics(out_dir, history)  # on resume: without the evaluations after the checkpoint
-            saved_config(config).save(out_dir / "config.json")
-            dataset.tokenizer.save(out_dir / "tokenizer.json")
-        state, interrupted = train_loop(config, model, tx, placement, state, dataset, checkpoints, history,
-                                        data_sha256, stop, log)
-
-    if interrupted:
-        return TrainResult(state, dataset, config, history, interrupted=True)
-    if main_process and write_loss_plot(out_dir) is None:
-        log("matplotlib is not installed: no loss plot (pip install 'jaxgpt[plot]')")
-    if config.sample_chars:
-        log(sample_text(config, state.params, dataset.tokenizer))
-    return TrainResult(state, dataset, config, history)
+    with Run(config, log) as run:
+        interrupted = run.fit(stop)
+    if not interrupted:
+        if run.is_main and write_loss_plot(run.run_dir) is None:
+            run.log("matplotlib is not installed: no loss plot (pip install 'jaxgpt[plot]')")
+        if config.sample_chars:
+            run.log(run.sample_text(config.sample_chars))
+    return TrainResult(run.state, run.dataset, run.config, run.history, interrupted)
 
 
-def train_loop(config: TrainConfig, model: nn.Module, tx: optax.GradientTransformation,
-               placement: sharding.Placement, state: TrainState, dataset: Dataset,
-               checkpoints: checkpoint.RunCheckpoints, history: list[dict], data_sha256: str, stop: StopRequest,
-               log: Callable[[str], None]) -> tuple[TrainState, bool]:
-    """Train from state.step to max_iters, evaluating, logging and checkpointing; appends to `history`.
+if __name__ == "__main__":  # `python -m jaxgpt.train`: the command line lives in jaxgpt/cli/train.py
+    from jaxgpt.cli.train import entry_point
 
-    Returns the final state and whether `stop` ended the loop early (after a checkpoint of that step)."""
-    out_dir, main_process = checkpoints.out_dir, sharding.is_main_process()
-    config = dataclasses.replace(config, steps_per_call=resolved_steps_per_call(config, int(state.step)))
-    k = config.steps_per_call
-    model_flops, peak_flops = run_flops(config, count_params(state.params))
-    train_data, val_data = placement.replicate(dataset.train), placement.replicate(dataset.val)
-    train_step = make_train_step(config, model, tx, placement)
-    estimate_loss = make_estimate_loss(config, model, placement)
-    eval_key, lr_schedule = stream_key(config.seed, EVAL_STREAM), learning_rate_schedule(config)
-    tokens_per_step = config.batch_size * config.block_size
-    meta = {"seed": config.seed, "config": saved_config(config).to_dict(), "data_sha256": data_sha256}
-    last_saved, best_val_loss = checkpoints.latest_step(), checkpoints.best_val_loss()
-
-    def evaluate(step: int, steps_timed: int, seconds: float) -> dict:
-        raise_if_diverged(state, checkpoints, last_saved)
-        step_key = jax.random.fold_in(eval_key, step)
-        record = {
-            "step": step,
-            "train_loss": float(estimate_loss(state.params, train_data, jax.random.fold_in(step_key, 0))),
-            "val_loss": float(estimate_loss(state.params, val_data, jax.random.fold_in(step_key, 1))),
-            "tokens_per_sec": tokens_per_step * steps_timed / seconds if steps_timed else None,
-            "mfu": mfu(tokens_per_step * steps_timed / seconds, model_flops, peak_flops) if steps_timed else None,
-            "learning_rate": float(lr_schedule(step)),
-        }
-        if not np.isfinite(record["train_loss"]):
-            raise JaxgptError(f"loss became {record['train_loss']} at step {step}; "
-                              "lower --learning_rate or set --grad_clip")
-        history.append(record)
-        if main_process:
-            with open(out_dir / "metrics.jsonl", "a", encoding="utf-8") as f:
-                f.write(json.dumps(record) + "\n")
-        log(f"step {step}: train loss {record['train_loss']:.4f}, val loss {record['val_loss']:.4f}")
-        return record
-
-    def save(step: int) -> None:
-        raise_if_diverged(state, checkpoints, last_saved)  # nothing non-finite becomes the latest checkpoint
-        val_loss = history[-1]["val_loss"] if history else None
-        checkpoints.save(step, state.params, state.opt_state, {**meta, "step": step, "val_loss": val_loss})
-
-    train_step = train_step.lower(state, train_data).compile()  # compile once, before the clock starts
-    step = int(state.step)
-    if step == 0 and not config.resume:
-        evaluate(0, 0, 0.0)
-    if step >= config.max_iters:
-        log(f"step {step} is already max_iters {config.max_iters}: nothing to train (raise --max_iters to go on)")
-    evals = set(eval_steps(config))
-    bar = tqdm(initial=step, total=config.max_iters, disable=not (config.progress and main_process),
-               dynamic_ncols=True, leave=False, file=sys.stderr)
-    tic, first = time.perf_counter(), step
-    while step < config.max_iters and not stop.agreed(step):
-        state, loss = train_step(state, train_data)
-        step += k
-        bar.update(k)
-        if step % PROGRESS_EVERY < k:  # reading the loss waits for the device: not every step
-            raise_if_diverged(state, checkpoints, last_saved)
-            rate = tokens_per_step * (step - first) / (time.perf_counter() - tic)
-            bar.set_postfix(loss=f"{float(loss):.4f}", tok_s=f"{rate:,.0f}")
-        if step in evals:
-            jax.block_until_ready(state)
-            bar.clear()
-            record = evaluate(step, step - first, time.perf_counter() - tic)
-            if record["val_loss"] < best_val_loss:
-                best_val_loss = record["val_loss"]
-                checkpoints.save_best(step, state.params, {**meta, "step": step, "val_loss": best_val_loss})
-        if step % config.checkpoint_interval == 0 or step == config.max_iters:
-            save(step)
-            last_saved = step
-        if step in evals:
-            tic, first = time.perf_counter(), step
-    bar.close()
-    interrupted = step < config.max_iters
-    if interrupted and last_saved != step:
-        save(step)
-    return state, interrupted
-
-
-def _quiet(_: str) -> None:
-    """The log of processes other than 0."""
-
-
-def sample_text(config: TrainConfig, params, tokenizer) -> str:
-    """`sample_chars` characters continuing token 0 (a newline in Shakespeare), as the lecture samples."""
-    prompt = jnp.zeros((1, 1), jnp.int32)
-    tokens = generate_for_run(config, params, prompt, config.sample_chars, stream_key(config.seed, SAMPLE_STREAM))
-    return tokenizer.decode(tokens[0, 1:])
-
-
-def main(argv: list[str] | None = None) -> None:
-    argv = sys.argv[1:] if argv is None else argv
-    options = {"prog": "python -m jaxgpt.train", "description": __doc__.splitlines()[0]}
-    config = parse_train_args(argv, **options)
-    compile_cache.enable_default()
-    run_config = Path(config.out_dir) / "config.json"
-    if config.resume and run_config.is_file() and not any(arg.startswith("--config") for arg in argv):
-        config = parse_train_args([f"--config={run_config}", *argv], **options)  # the run's own config + new flags
-    with stop_on_signals() as stop:
-        result = train(config, stop=stop)
-    if result.interrupted:
-        if sharding.is_main_process():
-            print(f"interrupted at step {int(result.state.step)}, checkpoint saved; resume with: python -m "
-                  f"jaxgpt.train --out_dir={shlex.quote(config.out_dir)} --resume", file=sys.stderr)
-        sys.exit(stop.exit_code)
-
-
-if __name__ == "__main__":
-    run_cli(main)
+    entry_point()

@@ -19,10 +19,11 @@ import jax
 import numpy as np
 import pytest
 
-from jaxgpt import checkpoint
+from jaxgpt import checkpoint, rundir
+from jaxgpt.cli import run_cli
+from jaxgpt.cli.train import main as train_main
 from jaxgpt.config import TrainConfig, load_config
-from jaxgpt.errors import JaxgptError, UsageError, run_cli
-from jaxgpt.train import main as train_main
+from jaxgpt.errors import JaxgptError, UsageError
 from jaxgpt.train import train
 
 # Inputs written to disk for the rows below: name -> (file name, contents).
@@ -136,7 +137,7 @@ def test_resume_refusal_leaves_the_checkpoints_alone(paths, tmp_path):
 
 
 def test_full_disk_is_refused_before_training(paths, tmp_path, monkeypatch):
-    monkeypatch.setattr(checkpoint.shutil, "disk_usage", lambda _: types.SimpleNamespace(free=1000))
+    monkeypatch.setattr(rundir.shutil, "disk_usage", lambda _: types.SimpleNamespace(free=1000))
     config = dataclasses.replace(load_config("tiny"), data_path=str(paths["text"]), out_dir=str(tmp_path / "run"))
     with pytest.raises(UsageError, match=r"has 0\.0 MB free but 5 checkpoints need about 1\.\d MB; free some space"):
         train(config, log=lambda _: None)
@@ -198,13 +199,13 @@ def test_checkpoint_load(case, prepare, step, message, error, paths, tmp_path):
 CONVERT_ROWS = [
     ("no arguments", [], "the following arguments are required: MODEL.pt, OUT_DIR"),
     ("heads not a number", ["model.pt", "out", "--n_head=abc"], "argument --n_head: invalid int value: 'abc'"),
-    ("unknown flag", ["model.pt", "out", "--heads=2"], "unrecognized arguments: --heads=2"),
+    ("unknown flag", ["model.pt", "out", "--heads=2"], "unknown flag --heads; did you mean --n_head?"),
 ]
 
 
 @pytest.mark.parametrize(("case", "args", "message"), CONVERT_ROWS, ids=[row[0] for row in CONVERT_ROWS])
 def test_convert_cli(case, args, message, capsys):
-    from jaxgpt.convert import main as convert_main
+    from jaxgpt.cli.convert import main as convert_main
 
     with pytest.raises(SystemExit) as exited:
         run_cli(convert_main, args)
@@ -216,7 +217,7 @@ def test_convert_overwrite_replaces_a_training_run(paths, tmp_path):
     """--overwrite into a trained run leaves no checkpoints behind that load() would prefer to the new weights."""
     import torch
 
-    from jaxgpt.convert import main as convert_main
+    from jaxgpt.cli.convert import main as convert_main
     from jaxgpt.convert import to_torch_state_dict
 
     run = shutil.copytree(paths["run"], tmp_path / "run")

@@ -30,7 +30,7 @@ def run_script(name: str, *args: str, data_path: str, smoke: bool = False) -> st
     ("train_speed.py", ["--configs=tiny", "--rounds=1", "--seconds=0.05", "--one_at_a_time", "--impls=torch lecture",
                         *TINY], "summary: tiny: jaxgpt is"),
     ("profile_step.py", ["--config=tiny", "--steps=2", *TINY], "by pass:"),
-    ("checkpoint_overhead.py", ["--calls=3", "--repeats=1", "--configs=tiny"], "save blocks"),
+    ("checkpoint_overhead.py", ["--repeats=1", "--configs=tiny"], "save blocks"),
     ("train_small_vs_lecture.py", ["--max_iters=20", "--eval_interval=10", "--eval_iters=2"],
      "jaxgpt wall time / lecture wall time"),
     ("recipe_vs_lecture.py", ["--max_iters=20", "--eval_interval=10", "--eval_iters=2"], "nanoGPT"),

@@ -22,13 +22,14 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxgpt import checkpoint, optim
+from jaxgpt import checkpoint, optim, rundir
+from jaxgpt.cli import run_cli
+from jaxgpt.cli.train import main as train_main
 from jaxgpt.config import TrainConfig, load_config
-from jaxgpt.errors import JaxgptError, run_cli
+from jaxgpt.errors import JaxgptError
 from jaxgpt.interrupt import StopRequest
-from jaxgpt.plot import read_metrics
-from jaxgpt.train import TrainResult, prepare_out_dir, train
-from jaxgpt.train import main as train_main
+from jaxgpt.rundir import RunDir
+from jaxgpt.train import TrainResult, train
 
 # `tiny` for 60 steps: evaluations at 0, 20, 40, 60; checkpoints at 15, 30, 45, 60 (the last 3 kept).
 RUN = {"progress": False, "sample_chars": 0, "max_iters": 60, "eval_interval": 20, "checkpoint_interval": 15,
@@ -68,10 +69,10 @@ def assert_same_run(out_dir: Path, straight: TrainResult) -> None:
     """The run in out_dir ended with the reference's params and logged the reference's metrics."""
     _, params, _ = checkpoint.load(out_dir)
     assert_trees_equal(params, straight.state.params)
-    assert without_timing(read_metrics(out_dir)) == without_timing(straight.history)
+    assert without_timing(RunDir(out_dir).read_metrics()) == without_timing(straight.history)
 
 
-def step_dirs(out_dir: Path, name: str = checkpoint.CHECKPOINTS_DIR) -> list[int]:
+def step_dirs(out_dir: Path, name: str = rundir.CHECKPOINTS) -> list[int]:
     return sorted(int(p.name) for p in (out_dir / name).iterdir() if p.name.isdigit())
 
 
@@ -87,7 +88,7 @@ def test_reference_run_layout(straight):
     assert step_dirs(out) == [30, 45, 60]
     best_val = min(r["val_loss"] for r in straight.history)
     best_step = next(r["step"] for r in straight.history if r["val_loss"] == best_val)
-    assert step_dirs(out, checkpoint.BEST_DIR) == [best_step]
+    assert step_dirs(out, rundir.BEST) == [best_step]
     assert TrainConfig.load(out / "config.json") == straight.config
 
 
@@ -142,7 +143,7 @@ def test_damaged_newest_checkpoint_falls_back_to_the_previous(straight, tmp_path
     train(dataclasses.replace(straight.config, out_dir=str(run), resume=True), log=lines.append)
     assert any(line.startswith("checkpoint at step 60 is unusable (") for line in lines), lines
     assert "falling back to the previous complete checkpoint, step 45" in lines
-    assert step_dirs(run, checkpoint.UNUSABLE_DIR) == [60]  # kept for inspection, out of the way
+    assert step_dirs(run, rundir.UNUSABLE) == [60]  # kept for inspection, out of the way
     assert_same_run(run, straight)
 
 
@@ -181,7 +182,7 @@ def test_non_finite_stops_naming_the_step_and_keeps_the_last_good_checkpoint(str
                         r"checkpoint is still step 30 in \S+; lower --learning_rate or set --grad_clip, then --resume",
                         error), error
     assert step_dirs(run) == [15, 30]  # nothing written after the bad step
-    assert [r["step"] for r in read_metrics(run)] == [0, 20]
+    assert [r["step"] for r in RunDir(run).read_metrics()] == [0, 20]
     _, params, _ = checkpoint.load(run)
     _, reference_params, _ = checkpoint.load(straight.config.out_dir, step=30)
     assert_trees_equal(params, reference_params)
@@ -194,7 +195,7 @@ def test_load_latest_step_and_best(straight):
     assert_trees_equal(params, straight.state.params)
     _, at_30, _ = checkpoint.load(out, step=30)
     assert not np.array_equal(at_30["lm_head"]["kernel"], params["lm_head"]["kernel"])
-    best_step = step_dirs(out, checkpoint.BEST_DIR)[0]
+    best_step = step_dirs(out, rundir.BEST)[0]
     _, best, _ = checkpoint.load(out, step="best")
     _, same_step, _ = checkpoint.load(out, step=best_step)
     assert_trees_equal(best, same_step)
@@ -215,7 +216,7 @@ def test_save_params_directories_still_load(straight, tmp_path):
 def test_overwrite_removes_only_what_a_run_writes(straight, tmp_path):
     run = copy_run(straight, tmp_path / "run")
     (run / "notes.txt").write_text("mine")
-    prepare_out_dir(dataclasses.replace(straight.config, out_dir=str(run), overwrite=True))
+    RunDir(run).create(overwrite=True)
     assert sorted(p.name for p in run.iterdir()) == ["notes.txt"]
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import subprocess
 import sys
@@ -9,7 +10,7 @@ import sys
 import pytest
 
 from jaxgpt.cli import parse_train_args
-from jaxgpt.config import load_config
+from jaxgpt.config import GPTConfig, TrainConfig, load_config
 from jaxgpt.errors import UsageError
 
 
@@ -32,14 +33,15 @@ def test_config_by_name_and_by_path(tmp_path):
     ("argv", "message"),
     [
         (["--batchsize=3"], "unknown flag --batchsize; did you mean --batch_size?"),
-        (["--batch_size=three"], "argument --batch_size: expected int, got 'three'"),
-        (["--learning_rate=fast"], "--learning_rate: expected float, got 'fast'"),
-        (["--progress=maybe"], "--progress: expected true or false, got 'maybe'"),
+        (["--batch_size=three"], "argument --batch_size: invalid int value: 'three'"),
+        (["--learning_rate=fast"], "argument --learning_rate: invalid float value: 'fast'"),
+        (["--progress=maybe"], "--progress/--noprogress: Boolean value expected for argument, received 'maybe'"),
+        (["--seed=9223372036854775808"], r"seed must be in \[0, 2\*\*63\), got 9223372036854775808"),
         (["--n_embd=30"], r"n_embd \(30\) must be divisible by n_head \(4\)"),
         (["--n_layer=0"], "n_layer must be positive"),
         (["--batch_size=-1"], "batch_size must be positive"),
         (["--max_iters=-5"], "max_iters must not be negative"),
-        (["--lr_schedule=linear"], "choose one of constant, cosine, got 'linear'"),
+        (["--lr_schedule=linear"], r"--lr_schedule: invalid choice: 'linear' \(choose from 'constant', 'cosine'\)"),
         (["--config=huge"], "unknown config 'huge'; choose one of bigram, lecture, shakespeare_char, small, tiny"),
         (["--config=missing/file.py"], "config file 'missing/file.py' does not exist"),
     ],
@@ -60,11 +62,27 @@ def run_train(*args: str, env_extra: dict | None = None, cwd=None) -> subprocess
                           env=env, cwd=cwd, timeout=300)
 
 
-def test_help_lists_fields_with_defaults():
+def test_help_describes_every_field_with_the_configs_default():
     result = run_train("--config=small", "--help")
     assert result.returncode == 0
-    assert "--batch_size BATCH_SIZE" in result.stdout and "(default: 16)" in result.stdout
-    assert "--n_embd N_EMBD" in result.stdout and "(default: 64)" in result.stdout
+    help_text = " ".join(result.stdout.split())  # argparse wraps long lines
+    for cls in (GPTConfig, TrainConfig):
+        for field in dataclasses.fields(cls):
+            if field.name == "model" or not field.metadata.get("cmd", True):
+                continue
+            description = field.metadata["help"]
+            assert description and "\n" not in description, field.name
+            assert f"--{field.name} " in help_text and " ".join(description.split()) in help_text, field.name
+    assert "--batch_size int sequences per optimizer step (all devices together) (default: 16)" in help_text
+    assert "--n_embd int channels of the residual stream (default: 64)" in help_text
+
+
+def test_optional_fields_take_none():
+    assert parse_train_args(["--peak_flops=2e12"]).peak_flops == 2e12
+    assert parse_train_args(["--peak_flops=2e12", "--peak_flops=none"]).peak_flops is None
+    assert parse_train_args(["--data_path="]).data_path is None
+    assert parse_train_args(["--resume"]).resume and not parse_train_args(["--resume=false"]).resume
+    assert parse_train_args(["--bias=false"]).model.bias is False
 
 
 @pytest.mark.parametrize(

@@ -16,9 +16,11 @@ from flax import traverse_util
 from torch_models import layout_config, random_params, torch_model
 
 from jaxgpt import checkpoint
-from jaxgpt.convert import detect_layout, from_torch_state_dict, main, to_torch_state_dict
+from jaxgpt.cli import run_cli
+from jaxgpt.cli.convert import main
+from jaxgpt.convert import detect_layout, from_torch_state_dict, to_torch_state_dict
 from jaxgpt.data import CharTokenizer
-from jaxgpt.errors import UsageError, run_cli
+from jaxgpt.errors import UsageError
 from jaxgpt.model import GPT
 from jaxgpt.sample import generate
 from jaxgpt.train import cross_entropy

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from jax.extend.random import threefry_2x32
 
-from jaxgpt.layers import Dropout, dense_dot_general, random_bits, threefry2x32
+from jaxgpt.layers import Dropout, cpu_dense_dot_general, random_bits, threefry2x32
 
 
 def test_threefry_rounds_are_jax_threefry():
@@ -43,7 +43,7 @@ def test_dropout_drops_at_rate_and_rescales(rate):
 
 def test_dense_matmul_equals_flax_default_and_its_gradients():
     x = jax.random.normal(jax.random.key(0), (4, 8, 16))  # (B, T, C)
-    ours, flax_default = nn.Dense(24, dot_general=dense_dot_general), nn.Dense(24)
+    ours, flax_default = nn.Dense(24, dot_general=cpu_dense_dot_general), nn.Dense(24)
     params = flax_default.init(jax.random.key(1), x)
     for a, b in zip(jax.tree_util.tree_leaves(ours.init(jax.random.key(1), x)), jax.tree_util.tree_leaves(params),
                     strict=True):
@@ -61,4 +61,4 @@ def test_dense_matmul_equals_flax_default_and_its_gradients():
 
 def test_dense_matmul_rejects_other_contractions():
     with pytest.raises(ValueError, match="only contracts x's last axis"):
-        dense_dot_general(jnp.ones((3, 4)), jnp.ones((3, 5)), (((0,), (0,)), ((), ())))
+        cpu_dense_dot_general(jnp.ones((3, 4)), jnp.ones((3, 5)), (((0,), (0,)), ((), ())))

@@ -19,3 +19,7 @@ def test_wheel_ships_the_configs(tmp_path: Path):
     in_repo = {p.name for p in (REPO / "configs").glob("*.py")}
     assert in_repo <= shipped and {"small.py", "lecture.py", "tiny.py", "bigram.py"} <= shipped
     assert not any("input.txt" in n for n in names)
+    entry_points = next(n for n in names if n.endswith("entry_points.txt"))
+    scripts = zipfile.ZipFile(wheel).read(entry_points).decode()
+    for command in ("train", "sample", "convert", "plot"):
+        assert f"jaxgpt-{command} = jaxgpt.cli.{command}:entry_point" in scripts

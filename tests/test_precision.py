@@ -13,9 +13,9 @@ import pytest
 from jaxgpt import sharding
 from jaxgpt.config import load_config
 from jaxgpt.errors import UsageError
-from jaxgpt.model import GPT, GPTConfig, resolve_dtype
+from jaxgpt.model import GPT, GPTConfig, build_model, init_params
 from jaxgpt.optim import make_optimizer
-from jaxgpt.train import build_model, cross_entropy, init_state, make_train_step, resolved_steps_per_call, train
+from jaxgpt.train import TrainState, cross_entropy, make_train_step, resolved_steps_per_call, train
 
 CONFIG = GPTConfig(vocab_size=11, block_size=16, n_layer=2, n_head=2, n_embd=32, dropout=0.1, dtype="float32")
 
@@ -40,9 +40,11 @@ def loss_and_grads(config: GPTConfig, params, deterministic: bool = True):
 
 
 def test_auto_dtype_is_float32_on_cpu_and_bfloat16_on_accelerators():
-    assert resolve_dtype("auto", "cpu") == "float32"
-    assert resolve_dtype("auto", "gpu") == resolve_dtype("auto", "tpu") == "bfloat16"
-    assert resolve_dtype("bfloat16", "cpu") == "bfloat16" and resolve_dtype("float32", "gpu") == "float32"
+    assert GPTConfig().resolved("cpu").dtype == "float32"
+    assert GPTConfig().resolved("gpu").dtype == GPTConfig().resolved("tpu").dtype == "bfloat16"
+    assert GPTConfig(dtype="bfloat16").resolved("cpu").dtype == "bfloat16"
+    assert GPTConfig(dtype="float32").resolved("gpu").dtype == "float32"
+    assert GPTConfig().resolved("cpu").dense_kernel == "cpu" and GPTConfig().resolved("gpu").dense_kernel == "xla"
 
 
 def test_bfloat16_compute_keeps_float32_params_and_is_close_to_float32():
@@ -96,8 +98,8 @@ def test_several_steps_per_call_give_the_same_params_as_one():
     finals = []
     for k in (1, 4):
         config = dataclasses.replace(base, steps_per_call=k)  # tiny has dropout 0.1: keys matter
-        model, tx = build_model(config), make_optimizer(config)
-        state = init_state(config, model, tx)
+        model, tx = build_model(config.model), make_optimizer(config)
+        state = TrainState.fresh(init_params(config.model, jax.random.key(config.seed)), tx)
         placement = sharding.Placement.for_state(sharding.make_mesh(1, jax.devices()[:1]), state)
         step = make_train_step(config, model, tx, placement)
         for _ in range(8 // k):
@@ -168,5 +170,5 @@ def test_bad_speed_settings(overrides, message):
 def test_bad_dtype_and_attention():
     with pytest.raises(UsageError, match="dtype must be one of auto, float32, bfloat16"):
         GPTConfig(dtype="float16")
-    with pytest.raises(UsageError, match="attention must be 'xla' or 'dot_product'"):
+    with pytest.raises(UsageError, match="attention must be one of xla, dot_product, got 'flash'"):
         GPTConfig(attention="flash")

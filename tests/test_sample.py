@@ -10,7 +10,6 @@ import torch
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 from scipy.stats import chisquare
-from torch_reference import GPTLanguageModel, load_jaxgpt_params
 
 from jaxgpt.errors import UsageError
 from jaxgpt.model import GPT, BigramLanguageModel, GPTConfig
@@ -24,6 +23,7 @@ from jaxgpt.sample import (
     generate_with_model,
     kv_cache_sizes,
 )
+from jaxgpt.torch_reference.lecture import GPTLanguageModel, load_jaxgpt_params
 
 TINY = GPTConfig(vocab_size=11, block_size=8, n_layer=2, n_head=2, n_embd=16, dropout=0.0)
 

@@ -12,9 +12,10 @@ import numpy as np
 import pytest
 
 from jaxgpt import checkpoint
+from jaxgpt.cli import run_cli
+from jaxgpt.cli.sample import RULE, main
 from jaxgpt.config import load_config
-from jaxgpt.errors import run_cli
-from jaxgpt.sample import RULE, generate_for_run, main
+from jaxgpt.sample import generate
 from jaxgpt.train import train
 
 
@@ -43,7 +44,7 @@ def test_prints_the_samples_of_generate_separated_by_a_rule(run_dir, capsys):
     assert sample(capsys, argv) == samples  # the seed fixes the samples
     config, params, tokenizer = checkpoint.load(run_dir)
     prompt = np.array([tokenizer.encode("ROMEO:")] * 2)
-    tokens = generate_for_run(config, params, prompt, 40, jax.random.key(3), temperature=0.9, top_k=20, top_p=0.95)
+    tokens = generate(config.model, params, prompt, 40, jax.random.key(3), temperature=0.9, top_k=20, top_p=0.95)
     assert samples == [tokenizer.decode(row) for row in np.asarray(tokens)]
 
 

@@ -11,7 +11,6 @@ so the parameter comparison would measure that noise rather than the sharding.
 from __future__ import annotations
 
 import dataclasses
-import functools
 import json
 import os
 import socket
@@ -29,10 +28,13 @@ from hypothesis import strategies as st
 from jax.sharding import AbstractMesh, AxisType, PartitionSpec
 
 from jaxgpt import checkpoint, sharding
+from jaxgpt.cli import run_cli
+from jaxgpt.cli.train import main
 from jaxgpt.config import load_config
-from jaxgpt.errors import UsageError, run_cli
+from jaxgpt.errors import UsageError
+from jaxgpt.model import init_params
 from jaxgpt.optim import make_optimizer
-from jaxgpt.train import build_model, init_state, main
+from jaxgpt.train import TrainState
 
 MESH_4x2 = AbstractMesh((4, 2), ("data", "fsdp"), axis_types=(AxisType.Auto,) * 2)  # shapes only, no devices
 RTOL = 1e-5  # relative: losses elementwise, parameters per tensor in L2 norm
@@ -72,8 +74,8 @@ def test_param_spec_property(shape, fsdp):
 
 def test_placement_shards_params_and_adam_moments_alike():
     config = load_config("tiny")
-    model, tx = build_model(config), make_optimizer(config)
-    abstract_state = jax.eval_shape(functools.partial(init_state, config, model, tx))
+    tx = make_optimizer(config)
+    abstract_state = jax.eval_shape(lambda: TrainState.fresh(init_params(config.model, jax.random.key(0)), tx))
     placement = sharding.Placement.for_state(MESH_4x2, abstract_state)
     specs = jax.tree_util.tree_map(lambda named: named.spec, placement.state)
     adam = specs.opt_state[0]  # ScaleByAdamState(count, mu, nu)

@@ -6,13 +6,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import torch
-from torch_nanogpt import GPT as NanoGPT
-from torch_nanogpt import NanoGPTConfig
-from torch_reference import GPTLanguageModel
 from transformers import GPT2Config, GPT2LMHeadModel
 
 from jaxgpt.convert import LAYOUT_FIELDS
 from jaxgpt.model import GPT, GPTConfig
+from jaxgpt.torch_reference.lecture import GPTLanguageModel
+from jaxgpt.torch_reference.nanogpt import GPT as NanoGPT
+from jaxgpt.torch_reference.nanogpt import NanoGPTConfig
 
 torch.set_default_dtype(torch.float32)
 torch.use_deterministic_algorithms(True)

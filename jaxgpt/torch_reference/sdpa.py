@@ -1,8 +1,8 @@
 """The lecture's GPT written the nanoGPT way in PyTorch: one fused qkv Linear and F.scaled_dot_product_attention.
 
-Same architecture, sizes and initialisation as tests/torch_reference.py (ReLU MLP, untied lm_head with bias,
+Same architecture, sizes and initialisation as jaxgpt/torch_reference/lecture.py (ReLU MLP, untied lm_head with bias,
 no qkv bias, pre-LayerNorm, dropout on attention weights and after each projection), so it does the same
-FLOPs; only the implementation differs. Benchmarks only (a parity reference belongs in tests/).
+FLOPs; only the implementation differs. For benchmarks.
 """
 
 from __future__ import annotations

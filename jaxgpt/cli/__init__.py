@@ -1,0 +1,144 @@
+"""The command-line layer: flag parsing, one-line errors and exit codes for every `python -m jaxgpt.X`.
+
+Library modules hold no argument parsing; each command here turns flags into a library call. Mistakes raise
+`UsageError` (one line on stderr, exit status 2); failures during a run exit with 1 (see `run_cli`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import logging
+import sys
+import typing
+import warnings
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import simple_parsing
+
+from jaxgpt.config import TrainConfig, load_config
+from jaxgpt.errors import JaxgptError, UsageError
+
+
+class ArgumentParser(simple_parsing.ArgumentParser):
+    """simple-parsing's parser (flags from dataclass fields, their descriptions as help) whose mistakes raise
+    UsageError with one line instead of printing usage and exiting.
+
+    Hand-written here, because neither argparse (before Python 3.14) nor simple-parsing suggests a flag for a
+    misspelled one: the parser records every flag it is given, and an unknown one gets the closest of them.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any):
+        super().__init__(*args, add_config_path_arg=False, **kwargs)
+        self.flags: set[str] = {"help"}
+
+    def add_argument(self, *names: str, **kwargs: Any):
+        self.flags.update(name[2:] for name in names if name.startswith("--"))
+        return super().add_argument(*names, **kwargs)
+
+    def add_config_arguments(self, cls: type, dest: str, default: Any) -> None:
+        """A flag for every field of the dataclass `cls` (nested ones flattened) but those marked `cmd=False`."""
+        self.flags.update(_flag_fields(cls))
+        self.add_arguments(cls, dest=dest, default=default)
+
+    def parse_args(self, args: Sequence[str] | None = None, namespace: Any = None) -> Any:
+        args = list(sys.argv[1:] if args is None else args)
+        for token in args:
+            if token.startswith("--") and token != "--":
+                key = token[2:].split("=", 1)[0]
+                if key not in self.flags and key.replace("-", "_") not in self.flags:
+                    close = difflib.get_close_matches(key, sorted(self.flags), n=1)
+                    hint = f"; did you mean --{close[0]}?" if close else "; see --help for the list"
+                    raise UsageError(f"unknown flag --{key}{hint}")
+        return super().parse_args(args, namespace)
+
+    def error(self, message: str) -> typing.NoReturn:
+        raise UsageError(message)
+
+
+def _flag_fields(cls: type) -> dict[str, Any]:
+    """Flag name -> field type, for every command-line field of `cls` and of the dataclasses nested in it."""
+    hints, fields = typing.get_type_hints(cls), {}
+    for field in dataclasses.fields(cls):
+        if dataclasses.is_dataclass(hints[field.name]):
+            fields.update(_flag_fields(hints[field.name]))
+        elif field.metadata.get("cmd", True):
+            fields[field.name] = hints[field.name]
+    return fields
+
+
+def _none_for_optional(argv: list[str], optional: set[str]) -> list[str]:
+    """`--peak_flops=none` (or `=` with nothing) -> `--peak_flops`, which simple-parsing reads as None; it would
+    take "none" for a value of the field's type otherwise."""
+    out = []
+    for i, token in enumerate(argv):
+        key, eq, value = token[2:].partition("=") if token.startswith("--") else ("", "", "")
+        if key in optional and eq and value.lower() in ("none", ""):
+            out.append(f"--{key}")
+        elif i and argv[i - 1][2:] in optional and token.lower() == "none":
+            continue  # `--peak_flops none`
+        else:
+            out.append(token)
+    return out
+
+
+def parse_train_args(argv: list[str], prog: str = "jaxgpt.train", description: str = "",
+                     default_config: str = "small") -> TrainConfig:
+    """argv -> TrainConfig: the named config (`--config`) with every given flag applied, validated."""
+    pre = ArgumentParser(add_help=False)
+    pre.add_argument("--config", default=default_config)
+    config_name = pre.parse_known_args(argv)[0].config
+    base = load_config(config_name)
+    parser = ArgumentParser(prog=prog, description=description)
+    parser.add_argument("--config", default=config_name, metavar="NAME",
+                        help="config name in configs/, a .py file defining config = TrainConfig(...), or a run's "
+                             "config.json (default: %(default)s)")
+    parser.add_config_arguments(TrainConfig, dest="train", default=base)
+    optional = {name for name, tp in _flag_fields(TrainConfig).items() if type(None) in typing.get_args(tp)}
+    return parser.parse_args(_none_for_optional(argv, optional)).train
+
+
+_READ_FAILURE_MARKS = ("Event loop is closed", "_read_array_index", "Encountered error while reading array index")
+
+
+def _is_read_failure_leftover(text: str) -> bool:
+    return any(mark in text for mark in _READ_FAILURE_MARKS)
+
+
+class _ReadFailureLogFilter(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not _is_read_failure_leftover(record.getMessage())
+
+
+def quiet_failed_checkpoint_reads() -> None:
+    """When orbax fails to read a damaged checkpoint, its abandoned concurrent reads raise again in other
+    threads, at garbage collection and in asyncio's log ("Event loop is closed", "exception was never
+    retrieved", "never awaited"): pages of tracebacks, at any later time. jaxgpt reports the failure once, so a
+    command drops exactly these; everything else still reaches the previous hook and log. Process-wide, hence
+    here in the command-line layer and not in library calls."""
+    previous = sys.unraisablehook
+    if getattr(previous, "drops_failed_read_leftovers", False):
+        return  # installed by an earlier command in this process
+
+    def hook(unraisable) -> None:
+        if not _is_read_failure_leftover(f"{unraisable.exc_value} {unraisable.object!r}"):
+            previous(unraisable)
+
+    hook.drops_failed_read_leftovers = True
+    sys.unraisablehook = hook
+    logging.getLogger("asyncio").addFilter(_ReadFailureLogFilter())
+    warnings.filterwarnings("ignore", message="coroutine '_read_array_index", category=RuntimeWarning)
+
+
+def run_cli(main: Callable[[list[str] | None], None], argv: list[str] | None = None) -> None:
+    """Run a command's `main`, turning a `JaxgptError` into one line on stderr and its exit status."""
+    quiet_failed_checkpoint_reads()
+    try:
+        main(argv)
+    except JaxgptError as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(err.exit_code)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        sys.exit(130)

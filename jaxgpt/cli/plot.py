@@ -1,0 +1,33 @@
+"""`python -m jaxgpt.plot RUN_DIR [OTHER_RUN ...] [--output FILE]`: draw and overlay runs' loss curves."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from jaxgpt.cli import ArgumentParser, run_cli
+from jaxgpt.errors import UsageError
+from jaxgpt.plot import plot_runs
+from jaxgpt.rundir import RunDir
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = ArgumentParser(prog="python -m jaxgpt.plot", description="Draw and overlay runs' loss curves.")
+    parser.add_argument("run_dirs", nargs="+", help="run directories holding metrics.jsonl")
+    parser.add_argument("--output", help="PNG to write (default: the first run's loss plot)")
+    args = parser.parse_args(sys.argv[1:] if argv is None else argv)
+    output = args.output or RunDir(args.run_dirs[0]).plot_file
+    try:
+        path = plot_runs(args.run_dirs, output)
+    except ImportError:
+        raise UsageError("plotting needs matplotlib: pip install 'jaxgpt[plot]'") from None
+    print(f"wrote {Path(path)}")
+
+
+def entry_point() -> None:
+    """The `jaxgpt-plot` console script."""
+    run_cli(main)
+
+
+if __name__ == "__main__":
+    entry_point()

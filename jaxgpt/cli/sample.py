@@ -1,0 +1,66 @@
+"""`python -m jaxgpt.sample --out_dir=RUN [--prompt=TEXT ...]`: sample text from a trained run (see jaxgpt.sample)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxgpt import checkpoint, compile_cache
+from jaxgpt.cli import ArgumentParser, run_cli
+from jaxgpt.errors import UsageError
+from jaxgpt.sample import generate
+
+RULE = "-" * 40  # printed between samples
+
+
+def _optional(convert):
+    return lambda raw: None if raw.lower() in ("none", "") else convert(raw)
+
+
+def parse_sample_args(argv: list[str]) -> dict:
+    parser = ArgumentParser(prog="python -m jaxgpt.sample", description="Sample text from a trained run.")
+    parser.add_argument("--out_dir", required=True, help="directory of a training run")
+    parser.add_argument("--prompt", default="\n", help="text to continue (default: a newline, like the lecture)")
+    parser.add_argument("--num_samples", type=int, default=3, help="independent samples (default: %(default)s)")
+    parser.add_argument("--max_new_tokens", type=int, default=500, help="characters per sample (default: %(default)s)")
+    parser.add_argument("--temperature", type=float, default=1.0,
+                        help="0 is greedy; 1 (default) samples the model's distribution, like the lecture")
+    parser.add_argument("--top_k", type=_optional(int), default=None, help="keep the k most likely tokens")
+    parser.add_argument("--top_p", type=_optional(float), default=None, help="keep the nucleus of mass p")
+    parser.add_argument("--seed", type=int, default=1337, help="the samples' PRNG seed (default: %(default)s)")
+    args = vars(parser.parse_args(argv))
+    if args["num_samples"] < 1:
+        raise UsageError(f"--num_samples must be >= 1, got {args['num_samples']}")
+    if not args["prompt"]:
+        raise UsageError("--prompt must not be empty; leave it out to start from a newline")
+    return args
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_sample_args(sys.argv[1:] if argv is None else argv)
+    compile_cache.enable_default()
+    if not Path(args["out_dir"]).is_dir():
+        raise UsageError(f"--out_dir {args['out_dir']!r} does not exist; pass the out_dir of a training run")
+    config, params, tokenizer = checkpoint.load(args["out_dir"])
+    try:
+        prompt_ids = tokenizer.encode(args["prompt"])
+    except UsageError as err:
+        raise UsageError(f"--prompt has {err}") from None
+    prompt = jnp.asarray([prompt_ids] * args["num_samples"], jnp.int32)  # (num_samples, T0)
+    tokens = generate(config.model, params, prompt, args["max_new_tokens"], jax.random.key(args["seed"]),
+                      temperature=args["temperature"], top_k=args["top_k"], top_p=args["top_p"])
+    samples = [tokenizer.decode(row) for row in np.asarray(tokens)]
+    print(f"\n{RULE}\n".join(samples))
+
+
+def entry_point() -> None:
+    """The `jaxgpt-sample` console script."""
+    run_cli(main)
+
+
+if __name__ == "__main__":
+    entry_point()
