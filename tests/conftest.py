@@ -1,4 +1,5 @@
-"""Shared fixtures: the local tiny Shakespeare (never downloaded in tests) and a small text file."""
+"""Shared fixtures: tiny Shakespeare ($JAXGPT_DATA, else the user-cache copy, else one verified download) and a
+small text file."""
 
 from __future__ import annotations
 
@@ -11,7 +12,6 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED_DATA = REPO.parent / "shared" / "data" / "tinyshakespeare" / "input.txt"
 
 
 def pytest_configure(config) -> None:
@@ -25,10 +25,18 @@ def pytest_configure(config) -> None:
 
 @pytest.fixture(scope="session")
 def shakespeare_path() -> Path:
-    path = Path(os.environ.get("JAXGPT_DATA") or SHARED_DATA)
-    if not path.is_file():
-        pytest.fail(f"tiny Shakespeare not found at {path}; set JAXGPT_DATA to input.txt")
-    return path
+    """$JAXGPT_DATA if set, else the user-cache copy, downloaded once (sha256-verified) if missing."""
+    from jaxgpt.data import resolve_data_path  # imported here: jax only after pytest_configure has run
+
+    if os.environ.get("JAXGPT_DATA"):
+        path = Path(os.environ["JAXGPT_DATA"]).expanduser()
+        if not path.is_file():
+            pytest.fail(f"JAXGPT_DATA points to {path}, which is not a file; set it to tiny Shakespeare's input.txt")
+        return path
+    try:
+        return resolve_data_path(None)
+    except Exception as err:  # offline with no cached copy: the one-line reason, not a traceback
+        pytest.fail(f"no tiny Shakespeare for the tests: {err}", pytrace=False)
 
 
 @pytest.fixture(scope="session")
