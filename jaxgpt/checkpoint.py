@@ -8,6 +8,7 @@ exactly where it stopped.
 from __future__ import annotations
 
 import dataclasses
+import errno
 import os
 import shutil
 import sys
@@ -21,9 +22,10 @@ import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers
 
 from jaxgpt import sharding
-from jaxgpt.config import TrainConfig
+from jaxgpt.config import GPTConfig, TrainConfig
 from jaxgpt.data import CharTokenizer
 from jaxgpt.errors import JaxgptError, UsageError
+from jaxgpt.model import check_params
 from jaxgpt.rundir import RunDir
 
 
@@ -53,6 +55,10 @@ def _reason(err: BaseException) -> str:
     """The root cause of an orbax/tensorstore error, on one short line."""
     while err.__cause__ is not None:
         err = err.__cause__
+    if "os_error_code='28'" in str(err) or getattr(err, "errno", None) == errno.ENOSPC:
+        return "no space left on device"
+    if isinstance(err, OSError) and err.strerror:
+        return f"{err.strerror}: {err.filename}" if err.filename else err.strerror
     lines = str(err).strip().splitlines() or [type(err).__name__]
     return lines[0].split(" [tensorstore_spec=")[0][:200]
 
@@ -108,13 +114,21 @@ class RunCheckpoints:
         try:
             manager.save(step, args=args, force=True)
         except Exception as err:  # orbax and tensorstore raise bare Exceptions, OSError, ValueError ...
-            raise JaxgptError(f"could not write the checkpoint of step {step} to {manager.directory}: "
-                              f"{_reason(err)}; the latest complete checkpoint is step {self._last_complete()}"
-                              ) from None
+            raise self.failure(f"writing the checkpoint of step {step} to {manager.directory}", err) from None
 
-    def _last_complete(self) -> int | None:
-        self._latest.reload()
-        return self._latest.latest_step()
+    def failure(self, what: str, err: BaseException) -> JaxgptError:
+        """The error for a write that failed: what and why, the latest complete checkpoint and how to go on."""
+        try:
+            self._latest.reload()
+            latest = self._latest.latest_step()
+        except Exception:  # noqa: BLE001 - the directory itself may be gone; then no checkpoint is complete
+            latest = None
+        if latest is None:
+            then = "no checkpoint is complete; start again with --overwrite once it can be written"
+        else:
+            then = (f"the latest complete checkpoint is step {latest}; continue from it with --resume once the "
+                    "problem is fixed")
+        return JaxgptError(f"{what} failed ({_reason(err)}); {then}")
 
     def best_val_loss(self) -> float:
         """The val loss of the best checkpoint, or infinity when there is none."""
@@ -187,7 +201,7 @@ class RunCheckpoints:
             self._latest.wait_until_finished()
             self._best.wait_until_finished()
         except Exception as err:  # see _write
-            raise JaxgptError(f"writing a checkpoint to {self.run_dir} failed: {_reason(err)}") from None
+            raise self.failure(f"writing a checkpoint to {self.run_dir}", err) from None
 
     def close(self) -> None:
         self.wait()
@@ -204,11 +218,13 @@ def _restore_checked(manager: ocp.CheckpointManager, step: int, args: ocp.args.C
     return restored
 
 
-def save_params(run_dir: RunDir | str | os.PathLike, params) -> None:
-    """Write bare parameters into a run directory's params/ (orbax, atomically): weights without a training run."""
+def save_params(run_dir: RunDir | str | os.PathLike, params, config: GPTConfig) -> None:
+    """Write bare parameters into a run directory's params/ (orbax, atomically): weights without a training run.
+    The model config is stored with them, so that `load` notices a config.json that no longer describes them."""
     run_dir = run_dir if isinstance(run_dir, RunDir) else RunDir(run_dir)
+    check_params(config, params)
     with ocp.StandardCheckpointer() as checkpointer:
-        checkpointer.save(run_dir.params, params, force=True)
+        checkpointer.save(run_dir.params, params, force=True, custom_metadata={"model": dataclasses.asdict(config)})
 
 
 def _on_default_device(metadata_tree) -> Any:
@@ -218,26 +234,73 @@ def _on_default_device(metadata_tree) -> Any:
     return jax.tree_util.tree_map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device), metadata_tree)
 
 
-def _load_exported_params(run_dir: RunDir):
+# GPTConfig fields that say how to compute, not what the weights mean: config.json may change them.
+HOW_TO_COMPUTE = frozenset({"dropout", "dtype", "attention", "dense_kernel"})
+
+
+def _load_exported_params(run_dir: RunDir, config: GPTConfig):
+    """The params in params/, after checking that config.json's model is the one they were saved with."""
     try:
         with ocp.StandardCheckpointer() as checkpointer:
-            target = _on_default_device(checkpointer.metadata(run_dir.params).item_metadata.tree)
-            return checkpointer.restore(run_dir.params, target)
+            metadata = checkpointer.metadata(run_dir.params)
+            saved = (metadata.custom_metadata or {}).get("model") or {}
+            described = {name: getattr(config, name, None) for name in saved if name not in HOW_TO_COMPUTE}
+            changed = [f"{name} {saved[name]!r} (params) vs {value!r} (config.json)"
+                       for name, value in described.items() if value != saved[name]]
+            if changed:
+                raise UsageError(f"{run_dir.config_file} does not describe the params in {run_dir.params}: "
+                                 f"{', '.join(changed)}; restore the config.json they were exported with")
+            return checkpointer.restore(run_dir.params, _on_default_device(metadata.item_metadata.tree))
+    except UsageError:
+        raise
     except Exception as err:  # see RunCheckpoints._write
         raise JaxgptError(f"cannot read the params in {run_dir.params}: {_reason(err)}") from None
 
 
+READ_ATTEMPTS = 10  # a reader that races a run deleting its old checkpoints lists them again this often
+
+
+class _Vanished(Exception):
+    """A checkpoint disappeared while being read: the training run replaced it with a newer one."""
+
+
 def _load_checkpoint_params(run_dir: RunDir, step: int | Literal["best"] | None) -> tuple[dict, Any]:
-    """(meta, params) of a training checkpoint: the latest usable, the best, or a given step."""
-    with _manager(run_dir.checkpoints, keep=None) as latest, _manager(run_dir.best, keep=None) as best:
+    """(meta, params) of a complete training checkpoint: the latest usable, the best, or a given step. Readers
+    take no lock: a checkpoint that a running training deletes while it is read is skipped, and the
+    checkpoints are listed again."""
+    for _ in range(READ_ATTEMPTS):
+        try:
+            return _read_checkpoint_params(run_dir, step)
+        except _Vanished:
+            continue
+    raise JaxgptError(f"the checkpoints in {run_dir} were replaced {READ_ATTEMPTS} times while being read; "
+                      "try again, or raise the run's --keep_checkpoints")
+
+
+def _replaced(directory: Path, step: int, listed: list[int]) -> bool:
+    """Whether checkpoint `step` is gone or being deleted because a run saved a newer one since `listed`."""
+    try:
+        saved = [int(p.name) for p in directory.iterdir() if p.name.isdigit()]
+    except FileNotFoundError:  # the whole directory went
+        return True
+    return step not in saved or any(new > step and new not in listed for new in saved)
+
+
+def _read_checkpoint_params(run_dir: RunDir, step: int | Literal["best"] | None) -> tuple[dict, Any]:
+    try:
+        latest, best = _manager(run_dir.checkpoints, keep=None), _manager(run_dir.best, keep=None)
+        steps = {latest: latest.all_steps(), best: best.all_steps()}
+    except FileNotFoundError:
+        raise _Vanished from None
+    with latest, best:
         if step is None:
-            candidates = [(latest, s) for s in sorted(latest.all_steps(), reverse=True)]
+            candidates = [(latest, s) for s in sorted(steps[latest], reverse=True)]
         elif step == "best":
-            candidates = [(best, s) for s in best.all_steps()]
+            candidates = [(best, s) for s in steps[best]]
         else:
-            candidates = [(m, s) for m in (latest, best) for s in m.all_steps() if s == step]
+            candidates = [(m, s) for m in (latest, best) for s in steps[m] if s == step]
         if not candidates:
-            available = ", ".join(map(str, sorted(set(latest.all_steps()) | set(best.all_steps())))) or "none"
+            available = ", ".join(map(str, sorted(set(steps[latest]) | set(steps[best])))) or "none"
             raise UsageError(f"no checkpoint for step={step!r} in {run_dir}; steps available: {available}")
         failures = []
         for manager, candidate in candidates:
@@ -246,6 +309,8 @@ def _load_checkpoint_params(run_dir: RunDir, step: int | Literal["best"] | None)
                 args = ocp.args.Composite(params=ocp.args.StandardRestore(target), meta=ocp.args.JsonRestore())
                 restored = _restore_checked(manager, candidate, args)
             except Exception as err:  # see RunCheckpoints._write
+                if _replaced(Path(manager.directory), candidate, steps[manager]):
+                    raise _Vanished from None
                 failures.append(f"step {candidate}: {_reason(err)}")
                 continue
             if failures:
@@ -271,12 +336,14 @@ def load(run: str | os.PathLike, step: int | Literal["best"] | None = None) -> t
         meta, params = _load_checkpoint_params(run_dir, step)
         config = TrainConfig.from_dict(meta["config"])
     elif run_dir.has_params() and step is None:
-        config, params = run_dir.read_config(), _load_exported_params(run_dir)
+        config = run_dir.read_config()
+        params = _load_exported_params(run_dir, config.model)
     elif run_dir.has_params():
         raise UsageError(f"{run_dir} holds exported params only, no training checkpoints; load it with step=None")
     else:
         raise UsageError(f"{run_dir} has no checkpoints/ and no params/: the run saved no weights yet")
     if config.model.vocab_size != tokenizer.vocab_size:
-        raise UsageError(f"{run_dir}: tokenizer.json has {tokenizer.vocab_size} characters but the model expects "
-                         f"vocab_size {config.model.vocab_size}")
+        raise UsageError(f"{run_dir}: {run_dir.tokenizer_file.name} has {tokenizer.vocab_size} characters but the "
+                         f"model expects vocab_size {config.model.vocab_size}")
+    check_params(config.model, params, f"the params in {run_dir}")
     return config, params, tokenizer

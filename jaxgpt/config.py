@@ -49,7 +49,8 @@ def unit_interval(value: float) -> str | None:
 
 
 def seed_range(value: int) -> str | None:
-    return None if 0 <= value < 2**63 else "must be in [0, 2**63)"
+    # JAX keys hold 32 bits of a seed (without jax_enable_x64): 2**32 + 5 would silently be seed 5.
+    return None if 0 <= value < 2**32 else "must be in [0, 2**32)"
 
 
 def option(default: Any, help: str, rule: Rule | None = None, *, flag: bool = True) -> Any:

@@ -14,7 +14,6 @@ and exact both ways. Importing this module does not import torch; reading a .pt 
 from __future__ import annotations
 
 import dataclasses
-import functools
 import os
 import re
 import shutil
@@ -23,7 +22,6 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
@@ -32,7 +30,7 @@ from jaxgpt import checkpoint
 from jaxgpt.config import GPTConfig, TrainConfig
 from jaxgpt.data import CharTokenizer, read_text, resolve_data_path
 from jaxgpt.errors import UsageError
-from jaxgpt.model import count_params, init_params
+from jaxgpt.model import check_params, count_params, param_shapes
 from jaxgpt.rundir import RunDir
 
 Layout = Literal["lecture", "nanogpt", "hf"]
@@ -142,13 +140,6 @@ def _rules(config: GPTConfig, layout: Layout) -> list[_Rule]:
     return _lecture_rules(config) if layout == "lecture" else _gpt2_rules(config, conv1d=layout == "hf")
 
 
-@functools.lru_cache(maxsize=16)
-def _param_shapes(config: GPTConfig) -> dict[str, tuple[int, ...]]:
-    """'blocks_0/sa/query/kernel' -> shape, for every parameter of GPT(config), without allocating any."""
-    shapes = jax.eval_shape(lambda: init_params(config, jax.random.key(0)))
-    return {path: leaf.shape for path, leaf in traverse_util.flatten_dict(shapes, sep="/").items()}
-
-
 def _to_numpy(value: Any) -> np.ndarray:
     """A torch tensor (converted without importing torch) or array -> float32 numpy array."""
     if hasattr(value, "detach"):
@@ -227,7 +218,7 @@ def _check_tensors(state_dict: Mapping[str, np.ndarray], rules: list[_Rule], con
                    layout: Layout) -> None:
     """Every expected key present with its shape, and nothing else but the tied lm_head (buffers are gone)."""
     expected: dict[str, tuple[int, ...]] = {}
-    jax_shapes = _param_shapes(config)
+    jax_shapes = param_shapes(config)
     for rule in rules:
         shapes = rule.torch_shapes([jax_shapes[path] for path in rule.jax_paths])
         expected.update(zip(rule.torch_keys, shapes, strict=True))
@@ -258,6 +249,9 @@ def from_torch_state_dict(state_dict: Mapping[str, Any], *, n_head: int | None =
     config = infer_config(tensors, n_head, dropout)
     rules = _rules(config, layout)
     _check_tensors(tensors, rules, config, layout)
+    broken = next((key for key in sorted(tensors) if not np.isfinite(tensors[key]).all()), None)
+    if broken:
+        raise UsageError(f"{broken} holds NaN or infinite values; the checkpoint is damaged or from a diverged run")
     flat = {}
     for rule in rules:
         leaves = rule.to_jax([tensors[key] for key in rule.torch_keys])
@@ -286,15 +280,8 @@ def to_torch_state_dict(params: Mapping[str, Any], config: GPTConfig, layout: La
     if layout not in LAYOUTS:
         raise UsageError(f"layout must be one of {', '.join(LAYOUTS)}, got {layout!r}")
     _check_layout_fields(config, layout)
+    check_params(config, params)
     flat = {path: np.asarray(leaf, np.float32) for path, leaf in traverse_util.flatten_dict(params, sep="/").items()}
-    expected = _param_shapes(config)
-    mismatched = sorted(expected.keys() ^ flat.keys())
-    if mismatched:
-        problem = "lack" if mismatched[0] in expected else "have an unexpected"
-        raise UsageError(f"the params {problem} {mismatched[0]} for the config's model ({len(mismatched)} mismatches)")
-    for path, shape in expected.items():
-        if flat[path].shape != shape:
-            raise UsageError(f"params {path} has shape {flat[path].shape}, expected {shape} for the config's model")
     state_dict = {}
     for rule in _rules(config, layout):
         tensors = rule.to_torch([flat[path] for path in rule.jax_paths])
@@ -351,29 +338,29 @@ def load_tokenizer(path: str | None) -> tuple[CharTokenizer, Path | None]:
 
 
 def write_run_dir(out_dir: Path, config: TrainConfig, params, tokenizer: CharTokenizer, overwrite: bool) -> None:
-    """config.json, tokenizer.json and params, written into a staging folder first and then moved into out_dir."""
+    """config.json, tokenizer.json and params, written into a staging folder first and then moved into out_dir,
+    which is locked against other writers (a training run) meanwhile."""
     if out_dir.exists() and not out_dir.is_dir():
         raise UsageError(f"{out_dir} exists and is not a directory; choose another OUT_DIR")
-    if out_dir.is_dir() and any(out_dir.iterdir()) and not overwrite:
-        raise UsageError(f"OUT_DIR {out_dir} is not empty; choose another OUT_DIR or pass --overwrite")
+    run_dir = RunDir(out_dir)
+    run_dir.acquire(print)
     try:
-        out_dir.parent.mkdir(parents=True, exist_ok=True)
+        if not run_dir.is_empty() and not overwrite:
+            raise UsageError(f"OUT_DIR {out_dir} is not empty; choose another OUT_DIR or pass --overwrite")
         staging = RunDir(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
-    except OSError as err:
-        raise UsageError(f"cannot write to {out_dir}: {err.strerror}") from None
-    try:
-        staging.write_config(config)
-        staging.write_tokenizer(tokenizer)
-        checkpoint.save_params(staging, params)
-        out_dir.mkdir(exist_ok=True)
-        RunDir(out_dir).remove_run()  # --overwrite: no checkpoints of an earlier training run stay behind
-        for entry in staging.path.iterdir():
-            target = out_dir / entry.name
-            if target.is_dir():
-                shutil.rmtree(target)
-            os.replace(entry, target)
-    finally:
-        shutil.rmtree(staging.path, ignore_errors=True)
+        try:
+            staging.write_config(config)
+            staging.write_tokenizer(tokenizer)
+            checkpoint.save_params(staging, params, config.model)
+            run_dir.remove_run()  # --overwrite: no checkpoints of an earlier training run stay behind
+            for entry in staging.path.iterdir():
+                os.replace(entry, out_dir / entry.name)
+        finally:
+            shutil.rmtree(staging.path, ignore_errors=True)
+    except BaseException:
+        run_dir.release(remove_if_unused=True)
+        raise
+    run_dir.release()
 
 
 def convert_checkpoint(model_path: str, out_dir: str, tokenizer_path: str | None = None, n_head: int | None = None,

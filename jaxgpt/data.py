@@ -68,15 +68,32 @@ def download_shakespeare(dest: Path, url: str = SHAKESPEARE_URL) -> None:
 
 
 def read_text(path: str | os.PathLike) -> str:
-    """Read a UTF-8 text file; empty or undecodable files are usage errors."""
+    """Read a UTF-8 text file as the lecture does (Python's text mode: \\r\\n and \\r become \\n), without a
+    leading byte-order mark; empty or undecodable files are usage errors."""
     raw = Path(path).read_bytes()
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as err:
         raise UsageError(f"{path} is not UTF-8 text (bad byte at offset {err.start}); convert it to UTF-8") from None
+    text = text.removeprefix("\ufeff").replace("\r\n", "\n").replace("\r", "\n")
     if not text:
         raise UsageError(f"{path} is empty; give a text file to train on")
     return text
+
+
+def check_tokens(tokens, vocab_size: int, name: str = "tokens") -> np.ndarray:
+    """`tokens` as an int32 array, after checking that they are integers (no silent cast of floats, strings or
+    bools) in [0, vocab_size). The check runs on the host, before anything is compiled: a model cannot check ids
+    inside a compiled function (out-of-range ids give NaN or wrap around there)."""
+    array = np.asarray(tokens)
+    if array.dtype == object or not np.issubdtype(array.dtype, np.integer):
+        kind = type(tokens).__name__ if array.dtype == object or array.dtype.kind in "USO" else array.dtype
+        raise UsageError(f"{name} must be integer token ids, got {kind}; encode text with the run's tokenizer")
+    if array.size:
+        low, high = int(array.min()), int(array.max())
+        if low < 0 or high >= vocab_size:
+            raise UsageError(f"{name} must be token ids in [0, {vocab_size}), got values in [{low}, {high}]")
+    return array.astype(np.int32)
 
 
 def _sha256(payload: bytes) -> str:
@@ -120,7 +137,15 @@ class CharTokenizer:
 
     @classmethod
     def from_json(cls, text: str) -> CharTokenizer:
-        return cls(tuple(json.loads(text)["chars"]))
+        """A tokenizer saved by `to_json`; ValueError unless it holds distinct characters in sorted order."""
+        chars = json.loads(text)["chars"]
+        if not isinstance(chars, str) or not chars:
+            raise ValueError("'chars' must be a non-empty string")
+        if list(chars) != sorted(set(chars)):
+            repeated = sorted({c for c in chars if chars.count(c) > 1})
+            problem = f"repeats {''.join(repeated)!r}" if repeated else "is not sorted"
+            raise ValueError(f"its character list {problem}; a vocabulary holds each character once, sorted")
+        return cls(tuple(chars))
 
     def save(self, path: str | os.PathLike) -> None:
         Path(path).write_text(self.to_json(), encoding="utf-8")

@@ -19,6 +19,7 @@ from collections.abc import Callable
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+from flax import traverse_util
 
 from jaxgpt.config import Attention, GPTConfig
 from jaxgpt.errors import UsageError
@@ -228,6 +229,34 @@ def build_model(config: GPTConfig) -> LanguageModel:
 def init_params(config: GPTConfig, key: jax.Array):
     """A fresh parameter pytree for `config`'s model, drawn from `key`."""
     return build_model(config).init(key, jnp.zeros((1, config.block_size), jnp.int32))["params"]
+
+
+@functools.lru_cache(maxsize=16)
+def param_shapes(config: GPTConfig) -> dict[str, tuple[int, ...]]:
+    """'blocks_0/sa/query/kernel' -> shape, for every parameter of config's model, without allocating any."""
+    shapes = jax.eval_shape(lambda: init_params(config, jax.random.key(0)))
+    return {path: leaf.shape for path, leaf in traverse_util.flatten_dict(shapes, sep="/").items()}
+
+
+def check_params(config: GPTConfig, params, source: str = "the params") -> None:
+    """UsageError naming the first parameter of `params` that does not fit `config`'s model: missing, unexpected,
+    of another shape, or not finite. `source` says where the params came from."""
+    try:
+        flat = traverse_util.flatten_dict(dict(params), sep="/")
+    except (TypeError, ValueError):
+        raise UsageError(f"{source} are not a parameter tree (got {type(params).__name__})") from None
+    expected = param_shapes(config)
+    mismatched = sorted(expected.keys() ^ flat.keys())
+    if mismatched:
+        problem = "lack" if mismatched[0] in expected else "have an unexpected"
+        raise UsageError(f"{source} {problem} {mismatched[0]} for the config's model ({len(mismatched)} mismatches)")
+    for path, shape in expected.items():
+        if tuple(flat[path].shape) != shape:
+            raise UsageError(f"{source}: {path} has shape {tuple(flat[path].shape)}, expected {shape} for the "
+                             "config's model")
+    for path, leaf in flat.items():
+        if not bool(jnp.isfinite(leaf).all()):
+            raise UsageError(f"{source}: {path} holds NaN or infinite values")
 
 
 def count_params(params) -> int:

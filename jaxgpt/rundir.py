@@ -9,6 +9,7 @@
       unusable_checkpoints/    checkpoints found damaged on resume, moved out of the way
       params/                  exported weights only (e.g. converted models)
       loss.png                 loss curves
+      .jaxgpt.lock, .jaxgpt.owner   while a process writes the run: its lock (see `RunDir.acquire`)
 
 A checkpoint's `meta` item (JSON) holds its step, seed, config, the sha256 of the training text and the
 last val loss (jaxgpt.checkpoint reads and writes them with orbax).
@@ -16,19 +17,28 @@ last val loss (jaxgpt.checkpoint reads and writes them with orbax).
 
 from __future__ import annotations
 
+import datetime
+import errno
 import json
 import os
 import shutil
+import socket
+import sys
 import tempfile
+import time
+from collections.abc import Callable
 from pathlib import Path
+
+import filelock
 
 from jaxgpt.config import TrainConfig
 from jaxgpt.data import CharTokenizer
-from jaxgpt.errors import UsageError
+from jaxgpt.errors import JaxgptError, UsageError
 
 CONFIG, TOKENIZER, METRICS, PLOT = "config.json", "tokenizer.json", "metrics.jsonl", "loss.png"
 CHECKPOINTS, BEST, UNUSABLE, PARAMS = "checkpoints", "checkpoints_best", "unusable_checkpoints", "params"
 ENTRIES = (CONFIG, TOKENIZER, METRICS, PLOT, CHECKPOINTS, BEST, UNUSABLE, PARAMS)  # what `--overwrite` removes
+LOCK, OWNER = ".jaxgpt.lock", ".jaxgpt.owner"  # not part of a run: an out_dir holding only these is empty
 
 
 class RunDir:
@@ -40,6 +50,8 @@ class RunDir:
         self.metrics_file, self.plot_file = self.path / METRICS, self.path / PLOT
         self.checkpoints, self.best, self.unusable = self.path / CHECKPOINTS, self.path / BEST, self.path / UNUSABLE
         self.params = self.path / PARAMS
+        self._lock: filelock.BaseFileLock | None = None
+        self._created = False  # by acquire(): removed again if nothing was written
 
     def __repr__(self) -> str:
         return f"RunDir({str(self.path)!r})"
@@ -49,17 +61,79 @@ class RunDir:
 
     # -- starting a run ---------------------------------------------------------------------------------------
 
+    def acquire(self, log: Callable[[str], None]) -> None:
+        """Become the directory's only writer (creating it if needed), or raise UsageError naming the process that
+        is. The lock is the kernel's (flock), so it dies with its process; a lock left by a process that was
+        killed is taken over, with a message. Readers (`load`, `sample`, `plot`) take no lock."""
+        if self.path.exists() and not self.path.is_dir():
+            raise UsageError(f"out_dir {str(self.path)!r} is a file; choose a directory")
+        try:
+            self.path.mkdir(parents=True)
+            self._created = True
+        except FileExistsError:
+            pass
+        except OSError as err:
+            raise UsageError(f"cannot write to out_dir {str(self.path)!r}: {err.strerror}") from None
+        lock = filelock.FileLock(self.path / LOCK)
+        try:
+            lock.acquire(timeout=0)
+        except filelock.Timeout:
+            raise UsageError(f"out_dir {str(self.path)!r} is in use by another run ({self._wait_for_owner()}); "
+                             "wait for it to end or choose another --out_dir") from None
+        except OSError as err:
+            raise UsageError(f"cannot write to out_dir {str(self.path)!r}: {err.strerror}") from None
+        self._lock = lock
+        previous = self._owner()
+        if previous:
+            log(f"taking over {self.path}: the run that held it ({previous}) ended without releasing it")
+        since = datetime.datetime.now().isoformat(" ", "seconds")
+        owner = {"pid": os.getpid(), "host": socket.gethostname(), "since": since}
+        _write_atomically(self.path / OWNER, json.dumps(owner))
+
+    def _wait_for_owner(self, seconds: float = 2.0) -> str:
+        """The holder, which writes its name just after taking the lock: wait for it a moment if it just did."""
+        deadline = time.monotonic() + seconds
+        while (owner := self._owner()) is None and time.monotonic() < deadline:
+            time.sleep(0.01)
+        return owner or "it did not say which"
+
+    def _owner(self) -> str | None:
+        """Who holds (or held) the lock, as written by acquire; None if nobody recorded it."""
+        try:
+            owner = json.loads((self.path / OWNER).read_text(encoding="utf-8"))
+            return f"pid {owner['pid']} on {owner['host']}, since {owner['since']}"
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+
+    def release(self, remove_if_unused: bool = False) -> None:
+        """Give up the lock. With `remove_if_unused`, a directory that acquire created and nothing was written to
+        is removed again (a usage error leaves no empty out_dir behind)."""
+        if self._lock is None:
+            return
+        (self.path / OWNER).unlink(missing_ok=True)
+        (self.path / LOCK).unlink(missing_ok=True)  # while still held: filelock (>= 4.3) retries on an unlinked file
+        self._lock.release()
+        self._lock = None
+        if remove_if_unused and self._created and all(p.name in (LOCK, OWNER) for p in self.path.iterdir()):
+            shutil.rmtree(self.path, ignore_errors=True)
+
     def check_start(self, resume: bool, overwrite: bool) -> None:
         """Before any work: resumable (`resume`), empty, or to be replaced (`overwrite`); UsageError if not."""
         where = repr(str(self.path))
         if self.path.exists() and not self.path.is_dir():
             raise UsageError(f"out_dir {where} is a file; choose a directory")
-        if resume:
-            if not self.checkpoints.is_dir():
-                raise UsageError(f"nothing to resume in {where}: it has no {CHECKPOINTS}/; start without --resume")
-        elif self.path.exists() and any(self.path.iterdir()) and not overwrite:
+        if resume and not self.checkpoints.is_dir():
+            if self.config_file.exists():
+                raise UsageError(f"nothing to resume in {where}: its run saved no checkpoint; start it again with "
+                                 "--overwrite")
+            raise UsageError(f"nothing to resume in {where}: it holds no run; start without --resume")
+        if not resume and not self.is_empty() and not overwrite:
             raise UsageError(f"out_dir {where} is not empty; choose another --out_dir, pass --resume to continue "
                              "its run or --overwrite to replace it")
+
+    def is_empty(self) -> bool:
+        """No files but the lock's (or no directory at all)."""
+        return not self.path.is_dir() or all(p.name in (LOCK, OWNER) for p in self.path.iterdir())
 
     def create(self, overwrite: bool) -> None:
         """Make the directory (removing an earlier run's files with `overwrite`) and check that it is writable."""
@@ -128,19 +202,37 @@ class RunDir:
     # -- metrics ------------------------------------------------------------------------------------------------
 
     def read_metrics(self) -> list[dict]:
-        """The evaluation records, oldest first."""
+        """The evaluation records, oldest first. A last line cut short (a crash while it was written) is dropped,
+        with a warning; any other line that is not a record is an error."""
         if not self.metrics_file.is_file():
             raise UsageError(f"{self.path} has no {METRICS}; is it a jaxgpt run directory?")
-        lines = self.metrics_file.read_text(encoding="utf-8").splitlines()
-        return [json.loads(line) for line in lines if line.strip()]
+        lines = self.metrics_file.read_text(encoding="utf-8", errors="replace").splitlines()
+        records = []
+        for number, line in enumerate(lines, start=1):
+            try:
+                records.append(json.loads(line))
+            except ValueError:
+                if number < len(lines):
+                    raise JaxgptError(f"{self.metrics_file} line {number} is not a metrics record; the file is "
+                                      "damaged (resume the run to rewrite it from its checkpoints)") from None
+                print(f"warning: ignoring the last line of {self.metrics_file}, cut short by a crash while it was "
+                      "written", file=sys.stderr)
+        return records
 
     def write_metrics(self, records: list[dict]) -> None:
         """Replace the metrics with `records`, atomically."""
         _write_atomically(self.metrics_file, "".join(json.dumps(r) + "\n" for r in records))
 
     def append_metrics(self, record: dict) -> None:
-        with open(self.metrics_file, "a", encoding="utf-8") as f:
-            f.write(json.dumps(record) + "\n")
+        """Add one record with a single write to the end of the file: a crash leaves it whole, absent or cut
+        short at the end (which read_metrics drops), never inside other records."""
+        line = (json.dumps(record) + "\n").encode("utf-8")
+        fd = os.open(self.metrics_file, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            if os.write(fd, line) != len(line):
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))  # a short write: the disk filled up mid-record
+        finally:
+            os.close(fd)
 
 
 def _write_atomically(path: Path, text: str) -> None:

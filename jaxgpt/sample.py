@@ -27,6 +27,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxgpt.config import GPTConfig
+from jaxgpt.data import check_tokens
 from jaxgpt.errors import UsageError
 from jaxgpt.model import build_model
 
@@ -70,26 +71,33 @@ def draw_token(logits: jax.Array, key: jax.Array, sampling: Sampling) -> jax.Arr
     return jnp.where(greedy, jnp.argmax(logits, axis=-1), drawn).astype(jnp.int32)
 
 
-def check_generate_args(prompt: jax.Array, max_new_tokens: int, key: jax.Array, vocab_size: int,
-                        temperature: float, top_k: int | None, top_p: float | None) -> None:
-    """Reject bad arguments with a clear message before anything is compiled."""
+def _is_real(value) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def check_generate_args(prompt, max_new_tokens: int, key: jax.Array, vocab_size: int, temperature: float,
+                        top_k: int | None, top_p: float | None) -> jax.Array:
+    """Reject bad arguments with a clear message before anything is compiled; returns the prompt as int32."""
+    prompt = jnp.asarray(check_tokens(prompt, vocab_size, "prompt"))
     if prompt.ndim != 2 or prompt.shape[0] < 1 or prompt.shape[1] < 1:
         raise UsageError(f"prompt must be int tokens of shape (B, T0) with B, T0 >= 1, got shape {prompt.shape}")
-    if not isinstance(max_new_tokens, numbers.Integral) or max_new_tokens < 0:
+    if not _is_int(max_new_tokens) or max_new_tokens < 0:
         raise UsageError(f"max_new_tokens must be an int >= 0, got {max_new_tokens!r}")
     typed_key = isinstance(key, jax.Array) and jnp.issubdtype(key.dtype, jax.dtypes.prng_key) and key.shape == ()
     raw_key = isinstance(key, jax.Array) and key.dtype == jnp.uint32 and key.shape == (2,)
     if not (typed_key or raw_key):
         raise UsageError(f"key must be one PRNG key such as jax.random.key(0), got {key!r}")
-    if not temperature >= 0:  # also rejects NaN
-        raise UsageError(f"temperature must be >= 0, got {temperature}")
-    if top_k is not None and top_k < 1:
-        raise UsageError(f"top_k must be >= 1, got {top_k}")
-    if top_p is not None and not 0.0 < top_p <= 1.0:
-        raise UsageError(f"top_p must be in (0, 1], got {top_p}")
-    low, high = int(prompt.min()), int(prompt.max())
-    if low < 0 or high >= vocab_size:
-        raise UsageError(f"prompt token ids must be in [0, {vocab_size}), got values in [{low}, {high}]")
+    if not _is_real(temperature) or not temperature >= 0:  # also rejects NaN
+        raise UsageError(f"temperature must be a number >= 0, got {temperature!r}")
+    if top_k is not None and (not _is_int(top_k) or top_k < 1):
+        raise UsageError(f"top_k must be an int >= 1 or None, got {top_k!r}")
+    if top_p is not None and (not _is_real(top_p) or not 0.0 < top_p <= 1.0):
+        raise UsageError(f"top_p must be a number in (0, 1] or None, got {top_p!r}")
+    return prompt
 
 
 def _token_buffer(prompt: jax.Array, max_new_tokens: int) -> jax.Array:
@@ -179,8 +187,7 @@ def generate_with_model(model: nn.Module, params, prompt: jax.Array, max_new_tok
                         block_size: int, vocab_size: int, temperature: float = 1.0, top_k: int | None = None,
                         top_p: float | None = None) -> jax.Array:
     """Sample from any model mapping (B, T) tokens to (B, T, V) logits, rerunning it on <= block_size tokens."""
-    prompt = jnp.asarray(prompt, jnp.int32)
-    check_generate_args(prompt, max_new_tokens, key, vocab_size, temperature, top_k, top_p)
+    prompt = check_generate_args(prompt, max_new_tokens, key, vocab_size, temperature, top_k, top_p)
     if max_new_tokens == 0:
         return prompt
     return _generate_recompute(model, params, prompt, key, Sampling.of(vocab_size, temperature, top_k, top_p),
@@ -194,8 +201,7 @@ def generate(config: GPTConfig, params, prompt: jax.Array, max_new_tokens: int, 
 
     Compiled once per (config, prompt shape, max_new_tokens); other keys and sampling settings reuse it.
     """
-    prompt = jnp.asarray(prompt, jnp.int32)
-    check_generate_args(prompt, max_new_tokens, key, config.vocab_size, temperature, top_k, top_p)
+    prompt = check_generate_args(prompt, max_new_tokens, key, config.vocab_size, temperature, top_k, top_p)
     if max_new_tokens == 0:
         return prompt
     return _generate_cached(config, params, prompt, key, Sampling.of(config.vocab_size, temperature, top_k, top_p),

@@ -9,6 +9,7 @@ The command line is `python -m jaxgpt.train` (jaxgpt/cli/train.py).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import math
@@ -170,11 +171,20 @@ class Run:
         self.mesh = sharding.make_mesh(config.fsdp)
         sharding.check_batch_size(config.batch_size, self.mesh)
         self.run_dir = RunDir(config.out_dir)
+        if self.is_main:
+            self.run_dir.acquire(self.log)  # the only writer from here on
+        try:
+            self._build(config)
+        except BaseException:
+            self._abandon()
+            raise
+
+    def _build(self, config: TrainConfig) -> None:
+        self.checkpoints: RunCheckpoints | None = None
         self.run_dir.check_start(config.resume, config.overwrite)
         sharding.sync("out_dir checked")  # every process looks before process 0 writes
         if self.is_main:
             self.run_dir.create(config.overwrite)
-
         self.model, self.tx = build_model(self.config.model), make_optimizer(self.config)
         init = functools.partial(self._init_state, self.config.seed)
         self.placement = sharding.Placement.for_state(self.mesh, jax.eval_shape(init))
@@ -188,8 +198,8 @@ class Run:
         self.history: list[dict[str, float]] = []
         self.last_saved = self.checkpoints.latest_step()
         self.best_val_loss = self.checkpoints.best_val_loss()
-        self.train_data, self.val_data = self.placement.replicate(self.dataset.train), self.placement.replicate(
-            self.dataset.val)
+        self.train_data = self.placement.replicate(self.dataset.train)
+        self.val_data = self.placement.replicate(self.dataset.val)
         self._estimate_loss = make_estimate_loss(self.config, self.model, self.placement)
         # Compiled at the first step() for the most steps per call (up to config.steps_per_call) that keep every
         # evaluation and checkpoint from there on a call boundary.
@@ -212,12 +222,27 @@ class Run:
     def __enter__(self) -> Run:
         return self
 
-    def __exit__(self, *exc_info) -> None:
-        self.close()
+    def __exit__(self, exc_type, *_) -> None:
+        if exc_type is None:
+            self.close()
+            return
+        with contextlib.suppress(JaxgptError):  # the error on its way out is the one to report, not one from closing
+            self.close()
 
     def close(self) -> None:
-        """Wait for the checkpoints being written, then release them."""
-        self.checkpoints.close()
+        """Wait for the checkpoints being written, then release them and the run directory."""
+        try:
+            self.checkpoints.close()
+        finally:
+            self.run_dir.release()
+
+    def _abandon(self) -> None:
+        """After a failed start: release what was taken; an out_dir this run created and left empty goes too."""
+        try:
+            if self.checkpoints is not None:
+                self.checkpoints.close()
+        finally:
+            self.run_dir.release(remove_if_unused=True)
 
     @property
     def step_count(self) -> int:
@@ -266,7 +291,10 @@ class Run:
                               "lower --learning_rate or set --grad_clip")
         self.history.append(record)
         if self.is_main:
-            self.run_dir.append_metrics(record)
+            try:
+                self.run_dir.append_metrics(record)
+            except OSError as err:
+                raise self.checkpoints.failure(f"writing {self.run_dir.metrics_file}", err) from None
         self.log(f"step {step}: train loss {record['train_loss']:.4f}, val loss {record['val_loss']:.4f}")
         return record
 
@@ -379,11 +407,10 @@ def train(config: TrainConfig, log: Callable[[str], None] = print, stop: StopReq
     """
     with Run(config, log) as run:
         interrupted = run.fit(stop)
-    if not interrupted:
-        if run.is_main and write_loss_plot(run.run_dir) is None:
+        if not interrupted and run.is_main and write_loss_plot(run.run_dir) is None:
             run.log("matplotlib is not installed: no loss plot (pip install 'jaxgpt[plot]')")
-        if config.sample_chars:
-            run.log(run.sample_text(config.sample_chars))
+    if not interrupted and config.sample_chars:
+        run.log(run.sample_text(config.sample_chars))
     return TrainResult(run.state, run.dataset, run.config, run.history, interrupted)
 
 

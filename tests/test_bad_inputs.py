@@ -86,7 +86,11 @@ TRAIN_ROWS = [
     ("out_dir is a file", ["--out_dir={a_file}"], "out_dir '{a_file}' is a file; choose a directory"),
     ("out_dir under a file", ["--out_dir={a_file}/run"], "cannot write to out_dir '{a_file}/run': Not a directory"),
     ("resume with nothing to resume", ["--resume", "--out_dir={tmp}"],
-     "nothing to resume in '{tmp}': it has no checkpoints/; start without --resume"),
+     "nothing to resume in '{tmp}': it holds no run; start without --resume"),
+    ("resume a run killed before its first checkpoint", ["--resume", "--out_dir={no_checkpoint}"],
+     "nothing to resume in '{no_checkpoint}': its run saved no checkpoint; start it again with --overwrite"),
+    ("seed beyond 32 bits", ["--seed=9223372036854775808"], "seed must be in [0, 2**32), got 9223372036854775808"),
+    ("negative seed", ["--seed=-1"], "seed must be in [0, 2**32), got -1"),
     ("resume another model", ["--resume", "--out_dir={copy}", "--n_embd=64"],
      "cannot resume from step 2 in {copy}: the config differs in n_embd (checkpoint 32, now 64); use the "
      "checkpoint's values or a new --out_dir"),
@@ -112,8 +116,10 @@ def fill(template: str, paths: dict[str, Path], extra: dict[str, Path]) -> str:
 def test_train_cli(case, args, message, paths, tmp_path, capsys):
     latin1_utf8 = tmp_path / "latin1_utf8.txt"  # another alphabet, valid UTF-8
     latin1_utf8.write_text(paths["latin1"].read_bytes().decode("latin-1"), encoding="utf-8")
-    extra = {"copy": tmp_path / "copy", "tmp": tmp_path / "fresh", "latin1_utf8": latin1_utf8}
+    extra = {"copy": tmp_path / "copy", "tmp": tmp_path / "fresh", "latin1_utf8": latin1_utf8,
+             "no_checkpoint": tmp_path / "no_checkpoint"}
     shutil.copytree(paths["run"], extra["copy"])
+    shutil.copytree(paths["run"], extra["no_checkpoint"], ignore=shutil.ignore_patterns("checkpoints*"))
     base = ["--config=tiny", f"--data_path={paths['text']}", f"--out_dir={tmp_path / 'out'}", "--progress=false",
             "--sample_chars=0"]
     if any(arg.startswith("--config=") for arg in args):
@@ -124,6 +130,7 @@ def test_train_cli(case, args, message, paths, tmp_path, capsys):
     assert exited.value.code == 2, stderr
     assert stderr.splitlines() == [stderr] and stderr.startswith("error: "), stderr
     assert fill(message, paths, extra) in stderr
+    assert not (tmp_path / "out").exists() and not extra["tmp"].exists()  # a usage error creates no out_dir
 
 
 def test_resume_refusal_leaves_the_checkpoints_alone(paths, tmp_path):
@@ -180,7 +187,36 @@ LOAD_ROWS = [
     ("broken config in an exported run", lambda run: (
         shutil.rmtree(run / "checkpoints"), shutil.rmtree(run / "checkpoints_best"), (run / "params").mkdir(),
         (run / "config.json").write_text("[")), None, "{run}/config.json is not a valid jaxgpt config", UsageError),
+    ("another program's params", lambda run: export(run, {"w": np.ones(3, np.float32)}), None,
+     "the params in {run} lack blocks_0/ffwd/fc/bias for the config's model", UsageError),
+    ("exported params, config.json edited: n_embd", lambda run: export(run, edit_config={"n_embd": 64}), None,
+     "{run}/config.json does not describe the params in {run}/params: n_embd 32 (params) vs 64 (config.json)",
+     UsageError),
+    ("exported params, config.json edited: n_head", lambda run: export(run, edit_config={"n_head": 1}), None,
+     "{run}/config.json does not describe the params in {run}/params: n_head 2 (params) vs 1 (config.json)",
+     UsageError),
+    ("duplicate characters in tokenizer.json", lambda run: (run / "tokenizer.json").write_text('{"chars": "aab"}'),
+     None, "{run}/tokenizer.json is not a valid tokenizer file (ValueError: its character list repeats 'a'",
+     UsageError),
 ]
+
+
+def export(run: Path, params=None, edit_config: dict | None = None) -> None:
+    """Turn a trained run into an exported one (params/ only), optionally with other params or an edited
+    config.json."""
+    import orbax.checkpoint as ocp
+
+    config, trained, _ = checkpoint.load(run)
+    shutil.rmtree(run / "checkpoints")
+    shutil.rmtree(run / "checkpoints_best")
+    if params is None:
+        checkpoint.save_params(run, trained, config.model)
+    else:  # written by another program: no jaxgpt config with them
+        with ocp.StandardCheckpointer() as checkpointer:
+            checkpointer.save(run / "params", params)
+    if edit_config:
+        config = dataclasses.replace(config, model=dataclasses.replace(config.model, **edit_config))
+        config.save(run / "config.json")
 
 
 @pytest.mark.parametrize(("case", "prepare", "step", "message", "error"), LOAD_ROWS, ids=[r[0] for r in LOAD_ROWS])

@@ -217,6 +217,9 @@ def test_cli_errors_are_one_line_and_leave_no_output(tmp_path, small_text_file, 
     (tmp_path / "junk.pt").write_text("not a checkpoint")
     torch.save(torch.nn.Linear(2, 2), tmp_path / "module.pt")  # a whole module, not a state_dict
     torch.save({"weights": [1, 2]}, tmp_path / "list.pt")
+    nan_state_dict = perturbed_state_dict("lecture")[0]
+    nan_state_dict["blocks.0.ffwd.net.0.weight"][0, 0] = float("nan")
+    torch.save(nan_state_dict, tmp_path / "nan.pt")
     run = tmp_path / "run"
     cases = [
         ([tmp_path / "missing.pt", run], "missing.pt is not a file"),
@@ -227,6 +230,7 @@ def test_cli_errors_are_one_line_and_leave_no_output(tmp_path, small_text_file, 
          "the tokenizer has 3 characters but the model's vocabulary has 13 tokens"),
         ([tmp_path / "model.pt", run, "--tokenizer", tmp_path / "nope.txt"], "--tokenizer .*nope.txt is not a file"),
         ([tmp_path / "model.pt", run, "--n_head", "4"], "n_head=4 was given but the lecture state_dict has 2 heads"),
+        ([tmp_path / "nan.pt", run], "blocks.0.ffwd.net.0.weight holds NaN or infinite values"),
     ]
     for argv, message in cases:
         code, err = run_convert(argv, capsys)

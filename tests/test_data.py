@@ -11,7 +11,15 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from jaxgpt import data
-from jaxgpt.data import CharTokenizer, get_batch, load_dataset, read_text, resolve_data_path, train_val_split
+from jaxgpt.data import (
+    CharTokenizer,
+    check_tokens,
+    get_batch,
+    load_dataset,
+    read_text,
+    resolve_data_path,
+    train_val_split,
+)
 from jaxgpt.errors import UsageError
 
 
@@ -82,6 +90,35 @@ def test_empty_and_undecodable_files(tmp_path):
     binary.write_bytes(b"abc\xff\xfe")
     with pytest.raises(UsageError, match="not UTF-8.*offset 3"):
         read_text(binary)
+
+
+def test_text_is_read_as_the_lecture_reads_it(tmp_path):
+    """Python's text mode (the lecture's open(...).read()): \r\n and \r become \n; a UTF-8 BOM is not text."""
+    path = tmp_path / "windows.txt"
+    path.write_bytes("\ufeffFirst Citizen:\r\nBefore we proceed\ranyway\n".encode())
+    text = read_text(path)
+    assert text == "First Citizen:\nBefore we proceed\nanyway\n"
+    with open(path, encoding="utf-8-sig") as f:  # what the lecture's open() gives, less the BOM
+        assert text == f.read()
+    assert CharTokenizer.from_text(text).vocab_size == len(set("First Citizen:\nBefore we proceed\nanyway\n"))
+
+
+def test_tokenizer_files_hold_each_character_once_in_order():
+    with pytest.raises(ValueError, match="repeats 'a'"):
+        CharTokenizer.from_json('{"chars": "aab"}')
+    with pytest.raises(ValueError, match="is not sorted"):
+        CharTokenizer.from_json('{"chars": "ba"}')
+    with pytest.raises(ValueError, match="non-empty string"):
+        CharTokenizer.from_json('{"chars": ["a"]}')
+
+
+def test_check_tokens_refuses_casts_and_checks_the_range_first():
+    np.testing.assert_array_equal(check_tokens([[1, 2]], 3), np.array([[1, 2]], np.int32))
+    for bad, message in [([[1.7]], "integer token ids, got float64"), ([[True]], "integer token ids, got bool"),
+                         ("ab", "integer token ids, got str"), (np.array([2**33 + 5]), r"in \[0, 3\), got values"),
+                         ([-1], r"in \[0, 3\), got values in \[-1, -1\]")]:
+        with pytest.raises(UsageError, match=message):
+            check_tokens(bad, 3)
 
 
 def test_load_dataset_any_text(small_text_file):

@@ -48,9 +48,19 @@ def test_prints_the_samples_of_generate_separated_by_a_rule(run_dir, capsys):
     assert samples == [tokenizer.decode(row) for row in np.asarray(tokens)]
 
 
-def test_default_prompt_is_a_newline(run_dir, capsys):
+def test_default_prompt_is_token_0_a_newline_in_shakespeare(run_dir, capsys):
     (text,) = sample(capsys, [f"--out_dir={run_dir}", "--num_samples=1", "--max_new_tokens=10"])
     assert text.startswith("\n") and len(text) == 11
+
+
+def test_default_prompt_works_without_a_newline_in_the_vocabulary(tmp_path, capsys):
+    data = tmp_path / "no_newline.txt"
+    data.write_text("the quick brown fox jumps over the lazy dog " * 50, encoding="utf-8")
+    config = dataclasses.replace(load_config("tiny"), data_path=str(data), out_dir=str(tmp_path / "run"),
+                                 progress=False, sample_chars=0, max_iters=2, eval_interval=2, eval_iters=1)
+    train(config, log=lambda _: None)
+    (text,) = sample(capsys, [f"--out_dir={tmp_path / 'run'}", "--num_samples=1", "--max_new_tokens=10"])
+    assert text.startswith(" ") and len(text) == 11  # token 0 is the space, as in training's own sample
 
 
 @pytest.mark.parametrize(
@@ -59,8 +69,8 @@ def test_default_prompt_is_a_newline(run_dir, capsys):
         ([], "the following arguments are required: --out_dir"),
         (["--out_dir=RUN", "--prompt=Hi {there} ☃"], "--prompt has characters not in the vocabulary: '{}☃'"),
         (["--out_dir=RUN", "--prompt="], "--prompt must not be empty"),
-        (["--out_dir=RUN", "--top_p=1.5"], r"top_p must be in (0, 1], got 1.5"),
-        (["--out_dir=RUN", "--top_k=0"], "top_k must be >= 1, got 0"),
+        (["--out_dir=RUN", "--top_p=1.5"], r"top_p must be a number in (0, 1] or None, got 1.5"),
+        (["--out_dir=RUN", "--top_k=0"], "top_k must be an int >= 1 or None, got 0"),
         (["--out_dir=RUN", "--num_samples=0"], "--num_samples must be >= 1, got 0"),
         (["--out_dir=RUN", "--max_new_tokens=-3"], "max_new_tokens must be an int >= 0, got -3"),
         (["--out_dir=RUN", "--temprature=0.5"], "unknown flag --temprature; did you mean --temperature?"),

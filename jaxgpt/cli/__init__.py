@@ -106,17 +106,23 @@ def _is_read_failure_leftover(text: str) -> bool:
     return any(mark in text for mark in _READ_FAILURE_MARKS)
 
 
-class _ReadFailureLogFilter(logging.Filter):
+class _OrbaxFailureLogFilter(logging.Filter):
+    """Drops orbax's own error reports (absl's log) and its background tasks' unretrieved exceptions (asyncio's
+    log): jaxgpt reports each failure once, as one line."""
+
     def filter(self, record: logging.LogRecord) -> bool:
-        return not _is_read_failure_leftover(record.getMessage())
+        message = record.getMessage()
+        if _is_read_failure_leftover(message) or "exception was never retrieved" in message:
+            return False
+        return not (record.levelno >= logging.ERROR and "orbax" in record.pathname)
 
 
-def quiet_failed_checkpoint_reads() -> None:
-    """When orbax fails to read a damaged checkpoint, its abandoned concurrent reads raise again in other
-    threads, at garbage collection and in asyncio's log ("Event loop is closed", "exception was never
-    retrieved", "never awaited"): pages of tracebacks, at any later time. jaxgpt reports the failure once, so a
-    command drops exactly these; everything else still reaches the previous hook and log. Process-wide, hence
-    here in the command-line layer and not in library calls."""
+def quiet_checkpoint_failures() -> None:
+    """When orbax fails to write (a full disk) or read (a damaged checkpoint), its background threads and
+    abandoned concurrent reads report it again and again: in absl's and asyncio's logs, at garbage collection
+    ("Event loop is closed", "exception was never retrieved", "never awaited"), pages of tracebacks at any later
+    time. jaxgpt reports the failure once, so a command drops exactly these; everything else still reaches the
+    previous hook and logs. Process-wide, hence here in the command-line layer and not in library calls."""
     previous = sys.unraisablehook
     if getattr(previous, "drops_failed_read_leftovers", False):
         return  # installed by an earlier command in this process
@@ -127,13 +133,14 @@ def quiet_failed_checkpoint_reads() -> None:
 
     hook.drops_failed_read_leftovers = True
     sys.unraisablehook = hook
-    logging.getLogger("asyncio").addFilter(_ReadFailureLogFilter())
+    for name in ("asyncio", "absl"):
+        logging.getLogger(name).addFilter(_OrbaxFailureLogFilter())
     warnings.filterwarnings("ignore", message="coroutine '_read_array_index", category=RuntimeWarning)
 
 
 def run_cli(main: Callable[[list[str] | None], None], argv: list[str] | None = None) -> None:
     """Run a command's `main`, turning a `JaxgptError` into one line on stderr and its exit status."""
-    quiet_failed_checkpoint_reads()
+    quiet_checkpoint_failures()
     try:
         main(argv)
     except JaxgptError as err:

@@ -21,6 +21,8 @@ def main(argv: list[str] | None = None) -> None:
         path = plot_runs(args.run_dirs, output)
     except ImportError:
         raise UsageError("plotting needs matplotlib: pip install 'jaxgpt[plot]'") from None
+    except OSError as err:
+        raise UsageError(f"cannot write {output}: {err.strerror}; pass --output=FILE in a writable place") from None
     print(f"wrote {Path(path)}")
 
 

@@ -11,6 +11,7 @@ import numpy as np
 
 from jaxgpt import checkpoint, compile_cache
 from jaxgpt.cli import ArgumentParser, run_cli
+from jaxgpt.config import seed_range
 from jaxgpt.errors import UsageError
 from jaxgpt.sample import generate
 
@@ -24,7 +25,8 @@ def _optional(convert):
 def parse_sample_args(argv: list[str]) -> dict:
     parser = ArgumentParser(prog="python -m jaxgpt.sample", description="Sample text from a trained run.")
     parser.add_argument("--out_dir", required=True, help="directory of a training run")
-    parser.add_argument("--prompt", default="\n", help="text to continue (default: a newline, like the lecture)")
+    parser.add_argument("--prompt", help="text to continue (default: token 0, as the lecture and training sample; "
+                        "a newline in Shakespeare)")
     parser.add_argument("--num_samples", type=int, default=3, help="independent samples (default: %(default)s)")
     parser.add_argument("--max_new_tokens", type=int, default=500, help="characters per sample (default: %(default)s)")
     parser.add_argument("--temperature", type=float, default=1.0,
@@ -35,8 +37,11 @@ def parse_sample_args(argv: list[str]) -> dict:
     args = vars(parser.parse_args(argv))
     if args["num_samples"] < 1:
         raise UsageError(f"--num_samples must be >= 1, got {args['num_samples']}")
-    if not args["prompt"]:
-        raise UsageError("--prompt must not be empty; leave it out to start from a newline")
+    if args["prompt"] == "":
+        raise UsageError("--prompt must not be empty; leave it out to start from token 0")
+    problem = seed_range(args["seed"])
+    if problem:
+        raise UsageError(f"--seed {problem}, got {args['seed']}")
     return args
 
 
@@ -47,7 +52,7 @@ def main(argv: list[str] | None = None) -> None:
         raise UsageError(f"--out_dir {args['out_dir']!r} does not exist; pass the out_dir of a training run")
     config, params, tokenizer = checkpoint.load(args["out_dir"])
     try:
-        prompt_ids = tokenizer.encode(args["prompt"])
+        prompt_ids = [0] if args["prompt"] is None else tokenizer.encode(args["prompt"])
     except UsageError as err:
         raise UsageError(f"--prompt has {err}") from None
     prompt = jnp.asarray([prompt_ids] * args["num_samples"], jnp.int32)  # (num_samples, T0)
