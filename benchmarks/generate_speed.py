@@ -22,7 +22,7 @@ import time
 import jax
 import jax.numpy as jnp
 
-from jaxgpt.model import GPT, GPTConfig
+from jaxgpt.model import GPTConfig, init_params
 from jaxgpt.sample import generate
 from jaxgpt.torch_reference.lecture import GPTLanguageModel, load_jaxgpt_params
 
@@ -89,7 +89,7 @@ def main() -> None:
     if SMOKE:
         config = GPTConfig(block_size=16, n_layer=1, n_head=2, n_embd=32, dropout=0.0)
     within, long = config.block_size - 1, LONG if not SMOKE else 40  # new tokens from a 1-token prompt
-    params = GPT(config).init(jax.random.key(0), jnp.zeros((1, config.block_size), jnp.int32))["params"]
+    params = init_params(config, jax.random.key(0))
     print(f"{time.strftime('%Y-%m-%d %H:%M')}  {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
           f"jax {jax.__version__} ({jax.default_backend()}), load average {os.getloadavg()[0]:.2f}")
 

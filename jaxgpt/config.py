@@ -32,6 +32,7 @@ Dtype = Literal["auto", "float32", "bfloat16"]
 Attention = Literal["xla", "dot_product"]
 DenseKernel = Literal["auto", "xla", "cpu"]
 LRSchedule = Literal["constant", "cosine"]
+EvalMode = Literal["sampled", "full"]
 
 Rule = Callable[[float], str | None]  # a value -> what is wrong with it, or None
 
@@ -147,6 +148,8 @@ class TrainConfig:
     max_iters: int = option(5000, "optimizer steps in all", non_negative)
     eval_interval: int = option(500, "steps between loss estimates", positive)
     eval_iters: int = option(200, "batches per loss estimate", positive)
+    eval_mode: EvalMode = option("sampled", "sampled: eval_iters random batches per split (the lecture's); full: "
+                                 "val loss over the whole val split in consecutive windows (deterministic)")
     seed: int = option(1337, "the seed every random draw derives from, with the step", seed_range)
     steps_per_call: int = option(1, "optimizer steps per compiled call, at most (same results, less overhead)",
                                  positive)
@@ -227,8 +230,9 @@ class TrainConfig:
 
 
 # Training fields that may change on resume without changing what is computed.
-FREE_ON_RESUME = frozenset({"eval_interval", "eval_iters", "checkpoint_interval", "keep_checkpoints", "progress",
-                            "sample_chars", "out_dir", "overwrite", "resume", "data_path", "steps_per_call"})
+FREE_ON_RESUME = frozenset({"eval_interval", "eval_iters", "eval_mode", "checkpoint_interval", "keep_checkpoints",
+                            "progress", "sample_chars", "out_dir", "overwrite", "resume", "data_path",
+                            "steps_per_call"})
 
 
 def resume_changes(saved: TrainConfig, current: TrainConfig, where: str) -> list[str]:

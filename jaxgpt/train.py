@@ -127,6 +127,34 @@ def make_estimate_loss(config: TrainConfig, model: LanguageModel, placement: sha
     return estimate_loss
 
 
+def make_full_loss(config: TrainConfig, model: LanguageModel, placement: sharding.Placement) -> Callable:
+    """params, data -> the mean next-token loss over all of `data` (N,): every token after the first is predicted
+    once, from the tokens before it in its block_size window; windows are consecutive, batch_size per compiled
+    scan step. Deterministic: no key, the same value for any batch size or device count."""
+    T, B = config.block_size, config.batch_size
+
+    @jax.jit
+    def full_loss(params, data: jax.Array) -> jax.Array:
+        n = data.shape[0] - 1  # predicted tokens
+        n_batches = -(-n // (B * T))
+        padded = jnp.pad(data, (0, n_batches * B * T + 1 - data.shape[0]))  # zeros after the end: never context
+        x = padded[:-1].reshape(n_batches, B, T)  # (batches, B, T) consecutive windows
+        y = padded[1:].reshape(n_batches, B, T)
+        counted = (jnp.arange(n_batches * B * T) < n).reshape(n_batches, B, T)
+
+        def batch_loss(total, batch):
+            x, y, counted = batch
+            x, y = placement.constrain_batch(x, y)
+            logits = model.apply({"params": params}, x).astype(jnp.float32)  # (B, T, V)
+            losses = optax.softmax_cross_entropy_with_integer_labels(logits, y)  # (B, T)
+            return total + jnp.where(counted, losses, 0.0).sum(), None
+
+        total, _ = jax.lax.scan(batch_loss, jnp.zeros((), jnp.float32), (x, y, counted))
+        return total / n
+
+    return full_loss
+
+
 def resolved_steps_per_call(config: TrainConfig, start_step: int = 0) -> int:
     """The most steps per compiled call, up to `steps_per_call`, that evaluations and checkpoints still fall between."""
     interval = math.gcd(config.eval_interval, config.max_iters, config.checkpoint_interval, start_step)
@@ -201,6 +229,7 @@ class Run:
         self.train_data = self.placement.replicate(self.dataset.train)
         self.val_data = self.placement.replicate(self.dataset.val)
         self._estimate_loss = make_estimate_loss(self.config, self.model, self.placement)
+        self._full_loss = make_full_loss(self.config, self.model, self.placement)
         # Compiled at the first step() for the most steps per call (up to config.steps_per_call) that keep every
         # evaluation and checkpoint from there on a call boundary.
         self._train_step: Callable | None = None
@@ -273,7 +302,8 @@ class Run:
         return self.config.batch_size * self.config.block_size * steps / seconds if steps else None
 
     def evaluate(self) -> dict[str, float | None]:
-        """Estimate train and val loss at the current step (`eval_iters` batches each); log and record them."""
+        """Train and val loss at the current step, log and record them: `eval_iters` random batches each, or with
+        `eval_mode="full"` the val loss over the whole val split (`make_full_loss`)."""
         self.raise_if_diverged()
         step, tokens_per_sec = self.step_count, self.tokens_per_sec()
         step_key = jax.random.fold_in(stream_key(self.config.seed, EVAL_STREAM), step)
@@ -281,7 +311,8 @@ class Run:
         record = {
             "step": step,
             "train_loss": float(self._estimate_loss(self.state.params, self.train_data, train_key)),
-            "val_loss": float(self._estimate_loss(self.state.params, self.val_data, val_key)),
+            "val_loss": float(self._full_loss(self.state.params, self.val_data) if self.config.eval_mode == "full"
+                              else self._estimate_loss(self.state.params, self.val_data, val_key)),
             "tokens_per_sec": tokens_per_sec,
             "mfu": mfu(tokens_per_sec, *self._flops()) if tokens_per_sec else None,
             "learning_rate": float(learning_rate_schedule(self.config)(step)),

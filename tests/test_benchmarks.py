@@ -35,6 +35,8 @@ def run_script(name: str, *args: str, data_path: str, smoke: bool = False) -> st
      "jaxgpt wall time / lecture wall time"),
     ("recipe_vs_lecture.py", ["--max_iters=20", "--eval_interval=10", "--eval_iters=2"], "nanoGPT"),
     ("generate_speed.py", ["--repeats=1"], "weights-only floor"),
+    ("vs_nanogpt.py", ["--sizes=xs", "--rounds=1", "--max_iters=10", "--eval_iters=2"],
+     "jaxgpt speed / nanoGPT-style speed"),
 ])
 def test_benchmark_script_runs(name, args, expected, shakespeare_path):
     out = run_script(name, *args, data_path=str(shakespeare_path), smoke=name == "generate_speed.py")

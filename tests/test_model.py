@@ -8,13 +8,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from jaxgpt.errors import UsageError
-from jaxgpt.model import GPT, BigramLanguageModel, GPTConfig, _layer_norm, count_params
+from jaxgpt.model import GPT, BigramLanguageModel, GPTConfig, _layer_norm, count_params, init_params
 
 TINY = GPTConfig(vocab_size=11, block_size=8, n_layer=2, n_head=2, n_embd=16, dropout=0.1)
 
 
 def init(config: GPTConfig, seed: int = 0):
-    return GPT(config).init(jax.random.key(seed), jnp.zeros((1, config.block_size), jnp.int32))["params"]
+    return init_params(config, jax.random.key(seed))
 
 
 def test_logits_shape():

@@ -21,7 +21,7 @@ CONFIG = GPTConfig(vocab_size=11, block_size=16, n_layer=2, n_head=2, n_embd=32,
 
 
 def init(config: GPTConfig):
-    return GPT(config).init(jax.random.key(0), jnp.zeros((1, config.block_size), jnp.int32))["params"]
+    return init_params(config, jax.random.key(0))
 
 
 def batch(config: GPTConfig, seed: int = 1) -> tuple[jax.Array, jax.Array]:

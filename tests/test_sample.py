@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from scipy.stats import chisquare
 
 from jaxgpt.errors import UsageError
-from jaxgpt.model import GPT, BigramLanguageModel, GPTConfig
+from jaxgpt.model import GPT, BigramLanguageModel, GPTConfig, init_params
 from jaxgpt.sample import (
     KV_CACHE_GROWTH,
     Sampling,
@@ -29,7 +29,7 @@ TINY = GPTConfig(vocab_size=11, block_size=8, n_layer=2, n_head=2, n_embd=16, dr
 
 
 def init(config: GPTConfig = TINY, seed: int = 0):
-    return GPT(config).init(jax.random.key(seed), jnp.zeros((1, config.block_size), jnp.int32))["params"]
+    return init_params(config, jax.random.key(seed))
 
 
 def naive_generate(config: GPTConfig, params, prompt, max_new_tokens: int, key, **sampling) -> np.ndarray:

@@ -74,6 +74,8 @@ def test_default_prompt_works_without_a_newline_in_the_vocabulary(tmp_path, caps
         (["--out_dir=RUN", "--num_samples=0"], "--num_samples must be >= 1, got 0"),
         (["--out_dir=RUN", "--max_new_tokens=-3"], "max_new_tokens must be an int >= 0, got -3"),
         (["--out_dir=RUN", "--temprature=0.5"], "unknown flag --temprature; did you mean --temperature?"),
+        (["--out_dir=RUN", "--seed=9223372036854775808"], "--seed must be in [0, 2**32), got 9223372036854775808"),
+        (["--out_dir=RUN", "--seed=-1"], "--seed must be in [0, 2**32), got -1"),
         (["--out_dir=RUN/missing"], "/missing' does not exist; pass the out_dir of a training run"),
     ],
 )

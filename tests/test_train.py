@@ -82,3 +82,26 @@ def test_cli_end_to_end_on_tiny(tmp_path, small_text_file):
     records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert {"step", "train_loss", "val_loss", "tokens_per_sec"} <= records[-1].keys()
     assert (tmp_path / "run" / "loss.png").stat().st_size > 1000
+
+
+def test_full_val_loss_is_every_window_once_whatever_the_batch(tmp_path, small_text_file):
+    """eval_mode=full: the mean loss of every val token after the first, each predicted from its consecutive
+    block_size window, equal to a plain loop over the windows and the same for any batch size."""
+    from jaxgpt.train import Run, cross_entropy
+
+    config = dataclasses.replace(load_config("tiny"), data_path=str(small_text_file), out_dir=str(tmp_path / "a"),
+                                 max_iters=4, eval_interval=2, eval_iters=1, progress=False, sample_chars=0,
+                                 eval_mode="full")
+    with Run(config, log=lambda _: None) as run:
+        run.fit()
+        val, params, T = np.asarray(run.dataset.val), run.state.params, config.block_size
+        windows = [(val[i:i + T], val[i + 1:i + T + 1]) for i in range(0, len(val) - 1, T)]
+        losses = [float(cross_entropy(run.model.apply({"params": params}, x[None, :len(y)]), y[None])) * len(y)
+                  for x, y in windows]
+        expected = sum(losses) / (len(val) - 1)
+        assert abs(run.history[-1]["val_loss"] - expected) < 1e-5 * expected
+        assert run.evaluate()["val_loss"] == run.history[-1]["val_loss"]  # deterministic
+    other = dataclasses.replace(config, out_dir=str(tmp_path / "b"), batch_size=3)  # other batches, same windows
+    with Run(other, log=lambda _: None) as run:
+        run.state = run.state.replace(params=params)
+        assert abs(run.evaluate()["val_loss"] - expected) < 1e-5 * expected

@@ -9,7 +9,7 @@ import torch
 from transformers import GPT2Config, GPT2LMHeadModel
 
 from jaxgpt.convert import LAYOUT_FIELDS
-from jaxgpt.model import GPT, GPTConfig
+from jaxgpt.model import GPTConfig, init_params
 from jaxgpt.torch_reference.lecture import GPTLanguageModel
 from jaxgpt.torch_reference.nanogpt import GPT as NanoGPT
 from jaxgpt.torch_reference.nanogpt import NanoGPTConfig
@@ -62,7 +62,7 @@ def torch_grads(model: torch.nn.Module) -> dict[str, torch.Tensor]:
 
 def random_params(config: GPTConfig, rng: np.random.Generator, scale: float) -> dict:
     """jaxgpt params of `config` drawn from N(0, scale^2) (LayerNorm scales around 1), without compiling an init."""
-    shapes = jax.eval_shape(lambda: GPT(config).init(jax.random.key(0), jnp.zeros((1, 1), jnp.int32))["params"])
+    shapes = jax.eval_shape(lambda: init_params(config, jax.random.key(0)))
 
     def draw(path, leaf):
         values = rng.normal(0.0, scale, leaf.shape) + (1.0 if path[-1].key == "scale" else 0.0)
