@@ -27,7 +27,9 @@ import jax
 from jaxgpt.errors import UsageError
 
 ModelType = Literal["gpt", "bigram"]
-Activation = Literal["relu", "gelu", "gelu_tanh"]
+Activation = Literal["relu", "gelu", "gelu_tanh", "relu2"]
+Position = Literal["learned", "rope"]
+Norm = Literal["layernorm", "rmsnorm"]
 Dtype = Literal["auto", "float32", "bfloat16"]
 Attention = Literal["xla", "dot_product"]
 DenseKernel = Literal["auto", "xla", "cpu"]
@@ -93,7 +95,9 @@ class GPTConfig:
     """Model hyperparameters; the defaults are the lecture's final 10.79M model.
 
     A few switches (`activation`, `tie_embeddings`, `bias`, `qkv_bias`, `lm_head_bias`) also describe the GPT-2
-    family (nanoGPT, Hugging Face GPT-2), so their checkpoints load into the same modules.
+    family (nanoGPT, Hugging Face GPT-2), so their checkpoints load into the same modules. Others are the modern
+    recipe (`position="rope"`, `norm="rmsnorm"`, `qk_norm`, `activation="relu2"`, `zero_init_proj`,
+    `logit_softcap`); each is off by default and composes with the rest (docs/library.md, "Modern options").
     """
 
     vocab_size: int = option(65, "tokens in the vocabulary (set from the data)", positive, flag=False)
@@ -102,12 +106,22 @@ class GPTConfig:
     n_head: int = option(6, "attention heads per block; must divide n_embd", positive)
     n_embd: int = option(384, "channels of the residual stream", positive)
     dropout: float = option(0.2, "dropout rate in training (attention weights, after projections)", unit_interval)
-    activation: Activation = option("relu", "MLP non-linearity: gelu for nanoGPT, gelu_tanh for Hugging Face GPT-2")
+    activation: Activation = option("relu", "MLP non-linearity: gelu for nanoGPT, gelu_tanh for Hugging Face GPT-2, "
+                                            "relu2 is ReLU squared")
     tie_embeddings: bool = option(False, "the output layer reuses the token embedding (GPT-2)")
     bias: bool = option(True, "biases in the attention projection, MLP and LayerNorm")
     qkv_bias: bool = option(False, "biases in the query/key/value projections (GPT-2: true)")
     lm_head_bias: bool = option(True, "bias in the output layer (GPT-2: false)")
-    layer_norm_eps: float = option(1e-5, "LayerNorm epsilon", positive)
+    layer_norm_eps: float = option(1e-5, "LayerNorm epsilon (also RMSNorm's, and qk_norm's)", positive)
+    position: Position = option("learned", "learned: the lecture's position table; rope: rotary embeddings of "
+                                           "queries and keys as in Llama, no table")
+    rope_theta: float = option(10000.0, "RoPE base: head dims i and i + head_size/2 turn by "
+                                        "rope_theta**(-2i/head_size) per position", positive)
+    norm: Norm = option("layernorm", "layernorm: the lecture's; rmsnorm: RMSNorm with a learned scale (no bias)")
+    qk_norm: bool = option(False, "RMSNorm (learned scale over head_size) of each head's queries and keys, before RoPE")
+    zero_init_proj: bool = option(False, "initialise the attention output and MLP output projections to zero")
+    logit_softcap: float = option(0.0, "0: off; else logits = softcap * tanh(logits / softcap), in float32",
+                                  non_negative)
     dtype: Dtype = option("auto", "matmul compute dtype; auto: float32 on CPU, bfloat16 on GPU/TPU")
     attention: Attention = option("xla", "xla: the lecture's attention; dot_product: jax.nn.dot_product_attention")
     dense_kernel: DenseKernel = option("auto", "Dense layers' matmul; auto: cpu (a faster backward) on CPU, else xla")
@@ -120,6 +134,9 @@ class GPTConfig:
                           key=lambda d: (abs(d - self.n_head), d))
             raise UsageError(f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head}); "
                              f"try n_head={divisor}")
+        if self.position == "rope" and self.head_size % 2:
+            raise UsageError(f"position='rope' rotates pairs of head dimensions: the head size n_embd / n_head must "
+                             f"be even, got {self.n_embd} / {self.n_head} = {self.head_size}")
 
     @property
     def head_size(self) -> int:

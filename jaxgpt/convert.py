@@ -36,12 +36,17 @@ from jaxgpt.rundir import RunDir
 Layout = Literal["lecture", "nanogpt", "hf"]
 LAYOUTS: tuple[Layout, ...] = ("lecture", "nanogpt", "hf")
 
+# The modern options that no layout's PyTorch model has: a state_dict of any layout implies these values.
+# (zero_init_proj is absent: it changes only the initialisation, which a state_dict does not need to express.)
+_GPT2_ERA: dict[str, Any] = {"position": "learned", "norm": "layernorm", "qk_norm": False, "logit_softcap": 0.0}
+
 # GPTConfig fields that a layout implies (a state_dict does not record them). nanoGPT also has qkv_bias == bias.
 LAYOUT_FIELDS: dict[str, dict[str, Any]] = {
     "lecture": {"activation": "relu", "tie_embeddings": False, "bias": True, "qkv_bias": False,
-                "lm_head_bias": True, "layer_norm_eps": 1e-5},
-    "nanogpt": {"activation": "gelu", "lm_head_bias": False, "layer_norm_eps": 1e-5},
-    "hf": {"activation": "gelu_tanh", "bias": True, "qkv_bias": True, "lm_head_bias": False, "layer_norm_eps": 1e-5},
+                "lm_head_bias": True, "layer_norm_eps": 1e-5, **_GPT2_ERA},
+    "nanogpt": {"activation": "gelu", "lm_head_bias": False, "layer_norm_eps": 1e-5, **_GPT2_ERA},
+    "hf": {"activation": "gelu_tanh", "bias": True, "qkv_bias": True, "lm_head_bias": False, "layer_norm_eps": 1e-5,
+           **_GPT2_ERA},
 }
 
 # Buffers, not parameters: the lecture's causal masks, nanoGPT's (without flash attention) and older HF GPT-2's.
@@ -263,10 +268,11 @@ def _check_layout_fields(config: GPTConfig, layout: Layout) -> None:
     required = dict(LAYOUT_FIELDS[layout])
     if layout == "nanogpt":
         required["qkv_bias"] = config.bias
-    wrong = [f"{name}={value!r}" for name, value in required.items() if getattr(config, name) != value]
+    wrong = [name for name, value in required.items() if getattr(config, name) != value]
     if wrong:
-        have = ", ".join(f"{name}={getattr(config, name)!r}" for name in required)
-        raise UsageError(f"the {layout} layout needs {', '.join(wrong)}; the config has {have}")
+        needs = ", ".join(f"{name}={required[name]!r}" for name in wrong)
+        have = ", ".join(f"{name}={getattr(config, name)!r}" for name in wrong)
+        raise UsageError(f"the {layout} layout needs {needs}; the config has {have}")
 
 
 def to_torch_state_dict(params: Mapping[str, Any], config: GPTConfig, layout: Layout = "lecture") -> dict:

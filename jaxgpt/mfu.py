@@ -25,8 +25,9 @@ PEAK_FLOPS: tuple[tuple[str, float, float], ...] = (
 
 
 def matmul_params(config: GPTConfig, n_params: int) -> int:
-    """Parameters that take part in a matmul: all but the position table, and the token table unless tied."""
-    embeddings = config.block_size * config.n_embd
+    """Parameters that take part in a matmul: all but the position table (none with RoPE), and the token table
+    unless tied."""
+    embeddings = config.block_size * config.n_embd if config.position == "learned" else 0
     if not config.tie_embeddings:
         embeddings += config.vocab_size * config.n_embd
     return n_params - embeddings

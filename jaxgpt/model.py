@@ -5,10 +5,14 @@ nh = number of heads, hs = head size (C // nh), V = vocabulary size.
 
 The defaults are the lecture's architecture. A few switches (`activation`, `tie_embeddings`,
 `bias`, `qkv_bias`, `lm_head_bias`) also describe the GPT-2 family (nanoGPT, Hugging Face GPT-2), so
-their checkpoints load into the same modules.
+their checkpoints load into the same modules. The modern recipe is a few more, each off by default:
+rotary position embeddings (`position="rope"`), RMSNorm (`norm="rmsnorm"`), QK-norm (`qk_norm`),
+ReLU squared (`activation="relu2"`), zero-initialised output projections (`zero_init_proj`) and
+logit soft-capping (`logit_softcap`).
 
 Mixed precision: parameters are always float32; `dtype` is the compute dtype of the matrix multiplies.
-The residual stream, LayerNorm, softmax and the loss stay in float32 (like torch.autocast).
+The residual stream, LayerNorm, softmax and the loss stay in float32 (like torch.autocast), and so do
+RoPE's rotation, QK-norm's statistics and the soft-capped logits.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from collections.abc import Callable
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import traverse_util
 
 from jaxgpt.config import Attention, GPTConfig
@@ -31,6 +36,7 @@ _ACTIVATIONS = {
     "relu": nn.relu,
     "gelu": lambda x: nn.gelu(x, approximate=False),  # torch.nn.GELU() (nanoGPT)
     "gelu_tanh": lambda x: nn.gelu(x, approximate=True),  # GPT-2's "gelu_new"
+    "relu2": lambda x: jnp.square(nn.relu(x)),  # modded-nanogpt's ReLU squared
 }
 
 
@@ -39,14 +45,61 @@ def compute_dtype(config: GPTConfig) -> jnp.dtype | None:
     return None if config.dtype == "float32" else jnp.dtype(config.dtype)
 
 
-def _dense(config: GPTConfig, features: int, name: str, use_bias: bool) -> nn.Dense:
+def _dense(config: GPTConfig, features: int, name: str, use_bias: bool, zero_init: bool = False) -> nn.Dense:
     dot_general = cpu_dense_dot_general if config.dense_kernel == "cpu" else jax.lax.dot_general
+    kernel_init = nn.initializers.zeros if zero_init else _weight_init
     return nn.Dense(features, use_bias=use_bias, dtype=compute_dtype(config), param_dtype=jnp.float32,
-                    kernel_init=_weight_init, bias_init=nn.initializers.zeros, dot_general=dot_general, name=name)
+                    kernel_init=kernel_init, bias_init=nn.initializers.zeros, dot_general=dot_general, name=name)
 
 
 def _layer_norm(config: GPTConfig, name: str) -> nn.LayerNorm:
     return nn.LayerNorm(epsilon=config.layer_norm_eps, use_bias=config.bias, use_fast_variance=False, name=name)
+
+
+def _rms_norm(config: GPTConfig, name: str) -> nn.RMSNorm:
+    """x / sqrt(mean(x^2) + eps) * scale over the last axis, statistics in float32 (Llama's LlamaRMSNorm)."""
+    return nn.RMSNorm(epsilon=config.layer_norm_eps, name=name)
+
+
+def _norm(config: GPTConfig, name: str) -> nn.Module:
+    """The normalization of the residual stream's branches and of the output: `config.norm`."""
+    return _rms_norm(config, name) if config.norm == "rmsnorm" else _layer_norm(config, name)
+
+
+@functools.lru_cache(maxsize=16)
+def rotary_tables(block_size: int, head_size: int, theta: float) -> tuple[np.ndarray, np.ndarray]:
+    """RoPE's cos and sin at every position, (block_size, hs) float64, in Llama's layout: dims i and i + hs/2 form
+    a pair that turns by position * theta**(-2i/hs). Computed once in float64 (then rounded to the compute
+    dtype), so the angles carry no float32 error however far the position."""
+    inv_freq = 1.0 / theta ** (np.arange(0, head_size, 2) / head_size)  # (hs/2,)
+    angles = np.arange(block_size)[:, None] * inv_freq  # (block_size, hs/2)
+    angles = np.concatenate([angles, angles], axis=-1)  # (block_size, hs)
+    return np.cos(angles), np.sin(angles)
+
+
+def rotate_half(x: jax.Array) -> jax.Array:
+    """(x1, x2) -> (-x2, x1) over the halves of the last axis: the 90-degree turn of each pair (i, i + hs/2)."""
+    x1, x2 = jnp.split(x, 2, axis=-1)
+    return jnp.concatenate([-x2, x1], axis=-1)
+
+
+def apply_rotary(x: jax.Array, positions: jax.Array, config: GPTConfig) -> jax.Array:
+    """Rotary position embedding of queries or keys x (B, nh, T, hs) at `positions` (T,) -> like x.
+
+    Llama's (and Hugging Face's `apply_rotary_pos_emb`): x * cos + rotate_half(x) * sin, computed in float32
+    (float64 in x64 tests) and returned in x's dtype. A query at position m and a key at n then score
+    q_m . k_n through their offset m - n only."""
+    dtype = jnp.promote_types(x.dtype, jnp.float32)
+    cos, sin = (jnp.asarray(table, dtype)[positions]  # (T, hs), broadcast over (B, nh)
+                for table in rotary_tables(config.block_size, config.head_size, config.rope_theta))
+    rotated = x.astype(dtype) * cos + rotate_half(x.astype(dtype)) * sin
+    return rotated.astype(x.dtype)
+
+
+def softcap(logits: jax.Array, cap: float) -> jax.Array:
+    """cap * tanh(logits / cap) in float32: logits squashed smoothly into (-cap, cap) (Gemma 2, modded-nanogpt)."""
+    logits = logits.astype(jnp.promote_types(logits.dtype, jnp.float32))
+    return cap * jnp.tanh(logits / cap)
 
 
 def causal_attention(q: jax.Array, k: jax.Array, v: jax.Array, implementation: Attention,
@@ -82,6 +135,11 @@ class CausalSelfAttention(nn.Module):
     With `cache_index` (sampling), x holds the tokens at positions cache_index, cache_index + 1, ...; their keys
     and values are written into the 'cache' collection after those of earlier calls, and the queries attend to
     every cached position up to their own.
+
+    Options: `qk_norm` RMS-normalizes each head's queries and keys over hs, then `position="rope"` rotates them
+    by their positions: modded-nanogpt's and Qwen3's order. (nanochat rotates first; without a learned scale,
+    as there, both orders are the same, since a rotation keeps the RMS; with ours they differ.) Keys enter the
+    cache rotated, at their own positions.
     """
 
     config: GPTConfig
@@ -96,13 +154,19 @@ class CausalSelfAttention(nn.Module):
             return _dense(cfg, C, name, cfg.qkv_bias)(x).reshape(B, T, nh, hs).swapaxes(1, 2)
 
         q, k, v = heads("query"), heads("key"), heads("value")
+        if cfg.qk_norm:  # each head's queries and keys to RMS 1 (times a learned scale (hs,) shared by the heads)
+            q, k = _rms_norm(cfg, "q_norm")(q), _rms_norm(cfg, "k_norm")(k)
+        if cfg.position == "rope":
+            positions = jnp.arange(T) if cache_index is None else cache_index + jnp.arange(T)  # (T,)
+            q, k = apply_rotary(q, positions, cfg), apply_rotary(k, positions, cfg)
+        q, k = q.astype(v.dtype), k.astype(v.dtype)  # back to the compute dtype (QK-norm's output is float32)
         mask = None  # plain causal
         if cache_index is not None:
             k, v, mask = self._extend_cache(k, v, cache_index)  # keys and values (B, nh, S, hs)
         weights_dropout = functools.partial(Dropout(cfg.dropout), deterministic=deterministic)
         out = causal_attention(q, k, v, cfg.attention, weights_dropout, mask)  # (B, nh, T, hs)
         out = out.swapaxes(1, 2).reshape(B, T, C)  # heads concatenated
-        out = _dense(cfg, C, "proj", cfg.bias)(out)
+        out = _dense(cfg, C, "proj", cfg.bias, zero_init=cfg.zero_init_proj)(out)
         return Dropout(cfg.dropout)(out, deterministic=deterministic)
 
     def _extend_cache(self, k: jax.Array, v: jax.Array, index: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
@@ -131,20 +195,20 @@ class FeedForward(nn.Module):
         cfg = self.config
         x = _dense(cfg, 4 * cfg.n_embd, "fc", cfg.bias)(x)  # (B, T, 4C)
         x = _ACTIVATIONS[cfg.activation](x)
-        x = _dense(cfg, cfg.n_embd, "proj", cfg.bias)(x)  # (B, T, C)
+        x = _dense(cfg, cfg.n_embd, "proj", cfg.bias, zero_init=cfg.zero_init_proj)(x)  # (B, T, C)
         return Dropout(cfg.dropout)(x, deterministic=deterministic)
 
 
 class Block(nn.Module):
-    """Transformer block: communication (attention) followed by computation (MLP), pre-LayerNorm."""
+    """Transformer block: communication (attention) followed by computation (MLP), pre-LayerNorm (or RMSNorm)."""
 
     config: GPTConfig
 
     @nn.compact
     def __call__(self, x: jax.Array, deterministic: bool = True, cache_index: jax.Array | None = None) -> jax.Array:
         attention = CausalSelfAttention(self.config, name="sa")
-        x = x + attention(_layer_norm(self.config, "ln1")(x), deterministic, cache_index)
-        x = x + FeedForward(self.config, name="ffwd")(_layer_norm(self.config, "ln2")(x), deterministic)
+        x = x + attention(_norm(self.config, "ln1")(x), deterministic, cache_index)
+        x = x + FeedForward(self.config, name="ffwd")(_norm(self.config, "ln2")(x), deterministic)
         return x
 
 
@@ -174,19 +238,22 @@ class GPT(nn.Module):
         if cfg.block_size < T:
             raise UsageError(f"sequence length {T} exceeds block_size {cfg.block_size}; crop the input")
         wte = nn.Embed(cfg.vocab_size, cfg.n_embd, embedding_init=_weight_init, name="token_embedding_table")
-        wpe = nn.Embed(cfg.block_size, cfg.n_embd, embedding_init=_weight_init, name="position_embedding_table")
         cache_index = self._advance_cache_index(T) if decode else None  # position of idx[:, 0]
         pos = jnp.arange(T) if cache_index is None else cache_index + jnp.arange(T)  # (T,)
-        x = wte(idx) + wpe(pos)  # (B, T, C), float32: the residual stream
+        x = wte(idx)  # (B, T, C), float32: the residual stream
+        if cfg.position == "learned":  # with "rope", attention rotates queries and keys instead
+            wpe = nn.Embed(cfg.block_size, cfg.n_embd, embedding_init=_weight_init, name="position_embedding_table")
+            x = x + wpe(pos)
         for i in range(cfg.n_layer):
             x = Block(cfg, name=f"blocks_{i}")(x, deterministic, cache_index)
-        x = _layer_norm(cfg, "ln_f")(x)
+        x = _norm(cfg, "ln_f")(x)
         if cfg.tie_embeddings:
             logits = wte.attend(x)  # (B, T, V)
             if cfg.lm_head_bias:
                 logits += self.param("lm_head_bias", nn.initializers.zeros, (cfg.vocab_size,))
-            return logits
-        return _dense(cfg, cfg.vocab_size, "lm_head", cfg.lm_head_bias)(x)  # (B, T, V)
+        else:
+            logits = _dense(cfg, cfg.vocab_size, "lm_head", cfg.lm_head_bias)(x)  # (B, T, V)
+        return softcap(logits, cfg.logit_softcap) if cfg.logit_softcap else logits
 
     def _advance_cache_index(self, T: int) -> jax.Array:
         """Number of tokens cached by earlier decode calls; counts this call's T tokens for the next one."""

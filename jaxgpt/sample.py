@@ -9,9 +9,10 @@ give the same tokens for the same key:
   then a `lax.scan` adds one token per step, feeding only the newest token. The cache grows to block_size in
   KV_CACHE_GROWTH steps (a scan per size, compiled together), so attention reads about the positions in use,
   not all block_size. Once the
-  context exceeds block_size, the learned absolute positions of all kept tokens shift with every new token, so
-  each step reruns the model on the last block_size tokens (the lecture's semantics, in the same compiled loop;
-  about block_size times the work of a cached step).
+  context exceeds block_size, the positions of all kept tokens shift with every new token (and, with the oldest
+  token dropped, so do their keys and values from the second layer on), so each step reruns the model on the
+  last block_size tokens (the lecture's semantics, in the same compiled loop; about block_size times the work of
+  a cached step). That holds for RoPE too, whose windows are rotated from position 0 like the learned table's.
 - `generate_with_model` (any model, e.g. the bigram): the lecture's loop, rerunning the model on the cropped
   context for every token. The exactness reference for `generate`.
 """

@@ -23,6 +23,13 @@ def test_tied_embeddings_count_the_table_as_the_output_matmul():
     assert flops_per_token(config, 1000, seq_len=4) == 6 * 968 + 12 * 1 * 4 * 4
 
 
+def test_rope_flops_count_no_position_table():
+    rope = GPTConfig(position="rope")  # no 256 x 384 table: every parameter but the token table is in a matmul
+    n_params = 10_788_929 - 256 * 384
+    assert matmul_params(rope, n_params) == n_params - 65 * 384 == 10_665_665
+    assert flops_per_token(rope, n_params) == flops_per_token(GPTConfig(), 10_788_929)
+
+
 def test_mfu_is_achieved_over_peak():
     assert mfu(tokens_per_sec=1000.0, flops_per_token=2e6, peak_flops=4e9) == pytest.approx(0.5)
     assert mfu(tokens_per_sec=1000.0, flops_per_token=2e6, peak_flops=None) is None

@@ -26,11 +26,10 @@ import torch
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from torch.nn import functional as F
-from torch_models import layout_config, random_params, torch_grads, torch_logits, torch_model
+from torch_models import layout_config, random_params, torch_grads, torch_logits, torch_model, torch_state_dict
 
 from jaxgpt import sharding
 from jaxgpt.config import TrainConfig
-from jaxgpt.convert import to_torch_state_dict
 from jaxgpt.data import get_batch
 from jaxgpt.layers import Dropout
 from jaxgpt.model import GPT, GPTConfig
@@ -55,7 +54,9 @@ PARITY = settings(max_examples=EXAMPLES, deadline=None, derandomize=True, databa
 
 @dataclasses.dataclass(frozen=True)
 class Case:
-    """One example: a model (sizes and layout switches), a batch shape, a weight scale and a seed."""
+    """One example: a model (sizes and layout switches), a batch shape, a weight scale and a seed. Layout "modern"
+    (tests/test_modern.py) takes `bias`, `tie_embeddings` and any other GPTConfig fields, from `options`
+    ((name, value) pairs)."""
 
     layout: str
     vocab_size: int
@@ -70,9 +71,14 @@ class Case:
     bias: bool = True  # nanoGPT's switch
     tie_embeddings: bool = True  # nanoGPT always ties; HF GPT-2 either way
     dropout: float = 0.0
+    options: tuple[tuple[str, object], ...] = ()
 
     @property
     def config(self) -> GPTConfig:
+        if self.layout == "modern":
+            return GPTConfig(vocab_size=self.vocab_size, block_size=self.block_size, n_layer=self.n_layer,
+                             n_head=self.n_head, n_embd=self.n_head * self.head_size, dropout=self.dropout,
+                             bias=self.bias, tie_embeddings=self.tie_embeddings, **dict(self.options))
         return layout_config(self.layout, bias=self.bias, tie_embeddings=self.tie_embeddings,
                              vocab_size=self.vocab_size, block_size=self.block_size, n_layer=self.n_layer,
                              n_head=self.n_head, n_embd=self.n_head * self.head_size, dropout=self.dropout)
@@ -132,7 +138,7 @@ def jax_step_fn(config: GPTConfig, tx: optax.GradientTransformation):
 
 def loaded_torch_model(case: Case, params, dtype: torch.dtype) -> torch.nn.Module:
     model = torch_model(case.config, case.layout).to(dtype)
-    model.load_state_dict(to_torch_state_dict(params, case.config, case.layout), strict=True)
+    model.load_state_dict(torch_state_dict(params, case.config, case.layout), strict=True)
     return model
 
 
@@ -172,7 +178,7 @@ def check_against_pytorch(case: Case) -> None:
     logit_scale = max(1.0, float(np.abs(as_float64(t64["logits"])).max()))
     assert_close("logits", logits, t32["logits"], t64["logits"], logit_scale)
     assert_close("loss", loss, t32["loss"], t64["loss"], max(1.0, t64["loss"].item()))
-    jax_grads = to_torch_state_dict(grads, config, case.layout)  # jaxgpt's gradients under PyTorch's names
+    jax_grads = torch_state_dict(grads, config, case.layout)  # jaxgpt's gradients under PyTorch's names
     largest = max(float(g.abs().max()) for g in t64["grads"].values())
     for name, exact in t64["grads"].items():
         scale = max(float(exact.abs().max()), GRAD_FLOOR * largest)
@@ -183,7 +189,7 @@ def check_against_pytorch(case: Case) -> None:
     for name, p in model.named_parameters():
         p.grad = jax_grads[name]
     torch.optim.AdamW(model.parameters(), lr=LR).step()
-    jax_params1 = to_torch_state_dict(params1, config, case.layout)
+    jax_params1 = torch_state_dict(params1, config, case.layout)
     for name, p in model.named_parameters():
         stepped = p.detach().numpy()
         tolerance = RTOL * LR + 2 * np.spacing(np.abs(stepped))
@@ -237,7 +243,7 @@ def test_train_step_matches_pytorch_training(shakespeare_text):
     placement = sharding.Placement.for_state(sharding.make_mesh(1, jax.devices()[:1]), state)
     train_step = make_train_step(config, GPT(config.model), tx, placement)
     model = torch_model(config.model, "lecture")
-    model.load_state_dict(to_torch_state_dict(params, config.model, "lecture"))
+    model.load_state_dict(torch_state_dict(params, config.model, "lecture"))
     optimizer = torch.optim.AdamW(model.parameters(), lr=LR)
     for i in range(TRAIN_STEPS):
         batch_key, _ = jax.random.split(jax.random.fold_in(stream_key(config.seed, TRAIN_STREAM), i))
@@ -323,7 +329,7 @@ def test_dropout_with_the_same_masks_matches_pytorch(case):
     (l32, loss32, g32), (l64, loss64, g64) = results[torch.float32], results[torch.float64]
     assert_close("logits", logits, l32, l64, max(1.0, float(np.abs(as_float64(l64)).max())))
     assert_close("loss", loss, loss32, loss64, max(1.0, loss64.item()))
-    jax_grads = to_torch_state_dict(grads, config, case.layout)
+    jax_grads = torch_state_dict(grads, config, case.layout)
     largest = max(float(g.abs().max()) for g in g64.values())
     for name, exact in g64.items():
         assert_close(f"gradient of {name}", jax_grads[name], g32[name], exact,

@@ -1,6 +1,12 @@
-"""The PyTorch models each conversion layout comes from, built for a GPTConfig, and shared parity helpers."""
+"""The PyTorch models each conversion layout comes from, built for a GPTConfig, and shared parity helpers.
+
+Besides the conversion layouts ("lecture", "nanogpt", "hf"), "modern" is jaxgpt/torch_reference/modern.py: every
+GPTConfig switch, its params mapped by the reference's own `jaxgpt_state_dict` rather than by jaxgpt.convert.
+"""
 
 from __future__ import annotations
+
+import dataclasses
 
 import jax
 import jax.numpy as jnp
@@ -8,8 +14,9 @@ import numpy as np
 import torch
 from transformers import GPT2Config, GPT2LMHeadModel
 
-from jaxgpt.convert import LAYOUT_FIELDS
+from jaxgpt.convert import LAYOUT_FIELDS, to_torch_state_dict
 from jaxgpt.model import GPTConfig, init_params
+from jaxgpt.torch_reference import modern
 from jaxgpt.torch_reference.lecture import GPTLanguageModel
 from jaxgpt.torch_reference.nanogpt import GPT as NanoGPT
 from jaxgpt.torch_reference.nanogpt import NanoGPTConfig
@@ -31,6 +38,9 @@ def layout_config(layout: str, *, bias: bool = True, tie_embeddings: bool = True
 
 def torch_model(config: GPTConfig, layout: str) -> torch.nn.Module:
     """The layout's PyTorch model with `config`'s sizes and dropout (its own random init)."""
+    if layout == "modern":
+        fields = dataclasses.fields(modern.ModernConfig)
+        return modern.GPT(modern.ModernConfig(**{f.name: getattr(config, f.name) for f in fields}))
     if layout == "lecture":
         return GPTLanguageModel(config.vocab_size, config.block_size, config.n_layer, config.n_head, config.n_embd,
                                 config.dropout)
@@ -45,6 +55,13 @@ def torch_model(config: GPTConfig, layout: str) -> torch.nn.Module:
                            layer_norm_epsilon=config.layer_norm_eps, tie_word_embeddings=config.tie_embeddings,
                            bos_token_id=None, eos_token_id=None, attn_implementation="eager")
     return GPT2LMHeadModel(hf_config)
+
+
+def torch_state_dict(params, config: GPTConfig, layout: str) -> dict[str, torch.Tensor]:
+    """jaxgpt params (or gradients) under the layout's PyTorch names: a state_dict that loads strictly."""
+    if layout == "modern":
+        return modern.jaxgpt_state_dict(params, config.tie_embeddings)
+    return to_torch_state_dict(params, config, layout)
 
 
 def torch_logits(model: torch.nn.Module, idx: torch.Tensor) -> torch.Tensor:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import sys
 
 from jaxgpt.cli import ArgumentParser, run_cli
@@ -9,7 +10,7 @@ from jaxgpt.convert import convert_checkpoint
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = ArgumentParser(prog="python -m jaxgpt.convert",
+    parser = ArgumentParser(formatter_class=argparse.HelpFormatter, prog="python -m jaxgpt.convert",
                             description="Convert a PyTorch GPT checkpoint (lecture, nanoGPT or Hugging Face GPT-2 "
                                         "layout) into a jaxgpt run directory.")
     parser.add_argument("model", metavar="MODEL.pt", help="torch.save(model.state_dict()) file or nanoGPT ckpt.pt")

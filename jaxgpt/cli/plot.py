@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import sys
 from pathlib import Path
 
@@ -12,7 +13,8 @@ from jaxgpt.rundir import RunDir
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = ArgumentParser(prog="python -m jaxgpt.plot", description="Draw and overlay runs' loss curves.")
+    parser = ArgumentParser(prog="python -m jaxgpt.plot", description="Draw and overlay runs' loss curves.",
+                            formatter_class=argparse.HelpFormatter)
     parser.add_argument("run_dirs", nargs="+", help="run directories holding metrics.jsonl")
     parser.add_argument("--output", help="PNG to write (default: the first run's loss plot)")
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)

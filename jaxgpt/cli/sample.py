@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import sys
 from pathlib import Path
 
@@ -23,17 +24,23 @@ def _optional(convert):
 
 
 def parse_sample_args(argv: list[str]) -> dict:
-    parser = ArgumentParser(prog="python -m jaxgpt.sample", description="Sample text from a trained run.")
-    parser.add_argument("--out_dir", required=True, help="directory of a training run")
-    parser.add_argument("--prompt", help="text to continue (default: token 0, as the lecture and training sample; "
-                        "a newline in Shakespeare)")
-    parser.add_argument("--num_samples", type=int, default=3, help="independent samples (default: %(default)s)")
-    parser.add_argument("--max_new_tokens", type=int, default=500, help="characters per sample (default: %(default)s)")
-    parser.add_argument("--temperature", type=float, default=1.0,
+    parser = ArgumentParser(prog="python -m jaxgpt.sample", description="Sample text from a trained run.",
+                            formatter_class=argparse.HelpFormatter)  # the defaults are in the help texts
+    parser.add_argument("--out_dir", required=True, metavar="RUN", help="directory of a training run")
+    parser.add_argument("--prompt", metavar="TEXT", help="text to continue (default: token 0, as the lecture and "
+                        "training's own sample start; a newline in Shakespeare)")
+    parser.add_argument("--num_samples", type=int, default=3, metavar="N",
+                        help="independent samples (default: %(default)s)")
+    parser.add_argument("--max_new_tokens", type=int, default=500, metavar="N",
+                        help="characters per sample (default: %(default)s)")
+    parser.add_argument("--temperature", type=float, default=1.0, metavar="T",
                         help="0 is greedy; 1 (default) samples the model's distribution, like the lecture")
-    parser.add_argument("--top_k", type=_optional(int), default=None, help="keep the k most likely tokens")
-    parser.add_argument("--top_p", type=_optional(float), default=None, help="keep the nucleus of mass p")
-    parser.add_argument("--seed", type=int, default=1337, help="the samples' PRNG seed (default: %(default)s)")
+    parser.add_argument("--top_k", type=_optional(int), default=None, metavar="K",
+                        help="keep the k most likely tokens (default: all)")
+    parser.add_argument("--top_p", type=_optional(float), default=None, metavar="P",
+                        help="keep the smallest set of tokens whose probability reaches p (default: all)")
+    parser.add_argument("--seed", type=int, default=1337, metavar="SEED",
+                        help="the samples' PRNG seed (default: %(default)s)")
     args = vars(parser.parse_args(argv))
     if args["num_samples"] < 1:
         raise UsageError(f"--num_samples must be >= 1, got {args['num_samples']}")

@@ -3,7 +3,9 @@
 - `lecture`: the lecture's gpt.py (`GPTLanguageModel`), with helpers that copy jaxgpt params into it;
 - `nanogpt`: nanoGPT's model.py (fused qkv, GELU, optional biases, tied head);
 - `sdpa`: the lecture's architecture written the nanoGPT way (fused qkv, scaled_dot_product_attention), for
-  speed comparisons.
+  speed comparisons;
+- `modern`: jaxgpt's GPT with every GPTConfig switch, the modern recipe included (RoPE, RMSNorm, QK-norm, ReLU
+  squared, zero-initialised projections, logit soft-capping), with a mapping from jaxgpt params.
 
-The parity tests (tests/test_parity.py) and the benchmarks import them from here.
+The parity tests (tests/test_parity.py, tests/test_modern.py) and the benchmarks import them from here.
 """
