@@ -17,6 +17,7 @@ from typing import Any
 
 import simple_parsing
 
+from jaxgpt import allocator
 from jaxgpt.config import TrainConfig, load_config
 from jaxgpt.errors import JaxgptError, UsageError
 
@@ -140,6 +141,7 @@ def quiet_checkpoint_failures() -> None:
 
 def run_cli(main: Callable[[list[str] | None], None], argv: list[str] | None = None) -> None:
     """Run a command's `main`, turning a `JaxgptError` into one line on stderr and its exit status."""
+    allocator.keep_freed_memory()  # before JAX starts its threads
     quiet_checkpoint_failures()
     try:
         main(argv)
