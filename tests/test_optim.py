@@ -5,13 +5,21 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
+from flax import traverse_util
 
-from jaxgpt.config import TrainConfig
-from jaxgpt.model import GPT, GPTConfig
-from jaxgpt.optim import decay_mask, learning_rate_schedule, make_optimizer
+from jaxgpt.config import TrainConfig, resume_changes
+from jaxgpt.errors import UsageError
+from jaxgpt.model import GPT, GPTConfig, init_params
+from jaxgpt.optim import decay_mask, learning_rate_schedule, make_optimizer, muon_mask
 
 BASE = TrainConfig(max_iters=100, learning_rate=1e-3)
+
+
+def param_shapes_tree(config: GPTConfig):
+    """The model's parameter tree as shapes and dtypes (jax.ShapeDtypeStruct), without initialising it."""
+    return jax.eval_shape(lambda: init_params(config, jax.random.key(0)))
 
 
 def test_constant_and_warmup_schedules():
@@ -51,3 +59,47 @@ def test_grad_clip_rescales_the_gradient_adam_sees():
     first_moment = jax.tree_util.tree_leaves(state, is_leaf=lambda s: hasattr(s, "mu"))
     mu = next(s.mu for s in first_moment if hasattr(s, "mu"))["w"]
     np.testing.assert_allclose(mu, (1 - 0.9) * np.array([0.6, 0.8, 0.0]), rtol=1e-6)  # norm clipped to 1
+
+
+
+@pytest.mark.parametrize("tied", [False, True])
+def test_muon_takes_the_blocks_matrices_only(tied):
+    config = GPTConfig(vocab_size=5, block_size=4, n_layer=2, n_head=2, n_embd=8, tie_embeddings=tied,
+                       qk_norm=True)
+    flat = traverse_util.flatten_dict(muon_mask(param_shapes_tree(config)), sep="/")
+    hidden = {f"blocks_{i}/{name}/kernel" for i in range(2) for name in
+              ("sa/query", "sa/key", "sa/value", "sa/proj", "ffwd/fc", "ffwd/proj")}
+    assert {path for path, muon in flat.items() if muon} == hidden
+    assert ("lm_head/kernel" in flat) is not tied  # 2-D, but AdamW's; so are the embedding tables
+    bigram = GPTConfig(vocab_size=5, model_type="bigram")
+    assert not any(jax.tree.leaves(muon_mask(param_shapes_tree(bigram))))
+
+
+def test_muon_is_off_by_default_and_its_state_differs():
+    config = TrainConfig(model=GPTConfig(vocab_size=5, block_size=4, n_layer=1, n_head=1, n_embd=8))
+    params = param_shapes_tree(config.model)
+    adamw, muon = (jax.eval_shape(make_optimizer(c).init, params)
+                   for c in (config, dataclasses.replace(config, optimizer="muon")))
+    assert config.optimizer == "adamw"
+    assert jax.tree.structure(adamw) == jax.tree.structure(
+        jax.eval_shape(optax.adamw(optax.constant_schedule(1e-3)).init, params))
+    assert jax.tree.structure(adamw) != jax.tree.structure(muon)
+
+
+def test_resume_refuses_switching_the_optimizer_but_takes_a_new_muon_lr():
+    adamw = TrainConfig()
+    muon = dataclasses.replace(adamw, optimizer="muon")
+    for saved, current in ((adamw, muon), (muon, adamw)):
+        with pytest.raises(UsageError, match=rf"^cannot resume from ckpt: the config differs in optimizer \(checkpoint "
+                                             rf"'{saved.optimizer}', now '{current.optimizer}'\); use the checkpoint"):
+            resume_changes(saved, current, "ckpt")
+    faster = dataclasses.replace(muon, muon_lr=0.05, muon_momentum=0.9)
+    assert resume_changes(muon, faster, "ckpt") == ["muon_lr 0.02 -> 0.05", "muon_momentum 0.95 -> 0.9"]
+    assert resume_changes(adamw, dataclasses.replace(adamw, muon_lr=0.05), "ckpt") == []  # unused by AdamW
+
+
+def test_muon_schedule_is_adamws_scaled_to_muon_lr():
+    config = dataclasses.replace(BASE, lr_schedule="cosine", warmup_iters=10, min_lr=1e-4, muon_lr=0.02)
+    adamw, muon = learning_rate_schedule(config), learning_rate_schedule(config, config.muon_lr)
+    for step in (0, 5, 10, 55, 100):
+        assert float(muon(step)) == pytest.approx(20 * float(adamw(step)), rel=1e-6)
