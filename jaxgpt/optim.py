@@ -51,7 +51,7 @@ def muon_mask(params) -> object:
 
 
 def optimizer_labels(params) -> object:
-    """"muon" for the `muon_mask` leaves, "adamw" for the others (with `optimizer="muon"`)."""
+    """Which transformation updates each leaf with `optimizer="muon"`: "muon" where `muon_mask` holds, else "adamw"."""
     return jax.tree.map(lambda hidden: "muon" if hidden else "adamw", muon_mask(params))
 
 
