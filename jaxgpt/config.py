@@ -34,6 +34,7 @@ Dtype = Literal["auto", "float32", "bfloat16"]
 Attention = Literal["xla", "dot_product"]
 DenseKernel = Literal["auto", "xla", "cpu"]
 LRSchedule = Literal["constant", "cosine"]
+Optimizer = Literal["adamw", "muon"]
 EvalMode = Literal["sampled", "full"]
 
 Rule = Callable[[float], str | None]  # a value -> what is wrong with it, or None
@@ -181,6 +182,13 @@ class TrainConfig:
     warmup_iters: int = option(0, "steps of linear warmup from 0, with either schedule", non_negative)
     min_lr: float = option(0.0, "where cosine decay ends", non_negative)
     grad_clip: float = option(0.0, "maximum global gradient norm; 0 disables clipping", non_negative)
+    # Muon (Keller Jordan's; optax.contrib.muon) for the blocks' matrices: --optimizer=muon
+    optimizer: Optimizer = option("adamw", "adamw: AdamW for every parameter; muon: Muon for the blocks' weight "
+                                           "matrices, AdamW for embeddings, lm_head, biases and norms")
+    muon_lr: float = option(0.02, "Muon's peak learning rate (the schedule of learning_rate, scaled)", positive)
+    muon_momentum: float = option(0.95, "Muon's Nesterov momentum", unit_interval)
+    muon_weight_decay: float = option(0.0, "Muon's decoupled weight decay (times Muon's learning rate)",
+                                     non_negative)
     # checkpoints: every interval, at the end, on SIGINT/SIGTERM, and the best val loss
     checkpoint_interval: int = option(500, "steps between checkpoints", positive)
     keep_checkpoints: int = option(3, "how many of the latest checkpoints to keep", positive)
@@ -250,23 +258,26 @@ class TrainConfig:
 FREE_ON_RESUME = frozenset({"eval_interval", "eval_iters", "eval_mode", "checkpoint_interval", "keep_checkpoints",
                             "progress", "sample_chars", "out_dir", "overwrite", "resume", "data_path",
                             "steps_per_call"})
+MUON_FIELDS = frozenset({"muon_lr", "muon_momentum", "muon_weight_decay"})  # no effect with optimizer="adamw"
 
 
 def resume_changes(saved: TrainConfig, current: TrainConfig, where: str) -> list[str]:
     """Refuse a config whose model or optimizer-state structure differs from the checkpoint's (UsageError
     naming the fields); otherwise return the changed fields that make the continuation differ, e.g. a new
-    learning_rate or max_iters. Every model field but dropout must match."""
+    learning_rate, muon_lr or max_iters. Every model field but dropout must match, and so must the optimizer."""
     model_fields = [f.name for f in dataclasses.fields(GPTConfig) if f.name != "dropout"]
     fixed = [(name, getattr(saved.model, name), getattr(current.model, name)) for name in model_fields]
     fixed.append(("decay_all_params", saved.decay_all_params, current.decay_all_params))
     fixed.append(("grad_clip > 0", saved.grad_clip > 0, current.grad_clip > 0))  # clipping adds optimizer state
+    fixed.append(("optimizer", saved.optimizer, current.optimizer))
     mismatched = [f"{name} (checkpoint {old!r}, now {new!r})" for name, old, new in fixed if old != new]
     if mismatched:
         raise UsageError(f"cannot resume from {where}: the config differs in {', '.join(mismatched)}; "
                          "use the checkpoint's values or a new --out_dir")
     changed = [("dropout", saved.model.dropout, current.model.dropout)]
+    unused = MUON_FIELDS if current.optimizer != "muon" else frozenset()
     changed += [(f.name, getattr(saved, f.name), getattr(current, f.name)) for f in dataclasses.fields(TrainConfig)
-                if f.name != "model" and f.name not in FREE_ON_RESUME]
+                if f.name != "model" and f.name not in FREE_ON_RESUME | unused]
     return [f"{name} {old!r} -> {new!r}" for name, old, new in changed if old != new]
 
 

@@ -1,4 +1,5 @@
-"""The optimizer: AdamW with PyTorch's defaults, an optional warmup + cosine schedule, clipping, decay mask."""
+"""The optimizer: AdamW with PyTorch's defaults, or Muon for the hidden weight matrices and AdamW for the rest;
+an optional warmup + cosine schedule, clipping, decay mask."""
 
 from __future__ import annotations
 
@@ -8,20 +9,25 @@ import optax
 from jaxgpt.config import TrainConfig
 
 
-def learning_rate_schedule(config: TrainConfig) -> optax.Schedule:
-    """Constant, or cosine decay to `min_lr` over `max_iters`; either after `warmup_iters` of linear warmup."""
+def learning_rate_schedule(config: TrainConfig, peak: float | None = None) -> optax.Schedule:
+    """Constant, or cosine decay to `min_lr` over `max_iters`; either after `warmup_iters` of linear warmup.
+
+    `peak` (default `learning_rate`) scales the whole schedule: Muon's is this shape with peak `muon_lr`, ending
+    at `min_lr * muon_lr / learning_rate`."""
+    peak, end = ((config.learning_rate, config.min_lr) if peak is None
+                 else (peak, config.min_lr * peak / config.learning_rate))
     if config.lr_schedule == "cosine":
         return optax.warmup_cosine_decay_schedule(
             init_value=0.0,
-            peak_value=config.learning_rate,
+            peak_value=peak,
             warmup_steps=config.warmup_iters,
             decay_steps=max(config.max_iters, config.warmup_iters + 1),
-            end_value=config.min_lr,
+            end_value=end,
         )
     if config.warmup_iters:
-        warmup = optax.linear_schedule(0.0, config.learning_rate, config.warmup_iters)
-        return optax.join_schedules([warmup, optax.constant_schedule(config.learning_rate)], [config.warmup_iters])
-    return optax.constant_schedule(config.learning_rate)
+        warmup = optax.linear_schedule(0.0, peak, config.warmup_iters)
+        return optax.join_schedules([warmup, optax.constant_schedule(peak)], [config.warmup_iters])
+    return optax.constant_schedule(peak)
 
 
 def decay_mask(params) -> object:
@@ -34,9 +40,26 @@ def decay_mask(params) -> object:
     return jax.tree_util.tree_map_with_path(is_decayed, params)
 
 
+def muon_mask(params) -> object:
+    """True for the transformer blocks' weight matrices (attention query/key/value/proj and MLP kernels), which
+    Muon updates; False for the embeddings, lm_head and every vector (biases, norm scales), which AdamW updates."""
+
+    def is_hidden_matrix(path, leaf) -> bool:
+        return leaf.ndim == 2 and str(getattr(path[0], "key", "")).startswith("blocks_")
+
+    return jax.tree_util.tree_map_with_path(is_hidden_matrix, params)
+
+
+def optimizer_labels(params) -> object:
+    """Which transformation updates each leaf with `optimizer="muon"`: "muon" where `muon_mask` holds, else "adamw"."""
+    return jax.tree.map(lambda hidden: "muon" if hidden else "adamw", muon_mask(params))
+
+
 def make_optimizer(config: TrainConfig) -> optax.GradientTransformation:
-    """torch.optim.AdamW semantics (decoupled decay, eps outside the sqrt, bias correction)."""
-    adamw = optax.adamw(
+    """torch.optim.AdamW semantics (decoupled decay, eps outside the sqrt, bias correction); with
+    `optimizer="muon"`, `optax.contrib.muon` (Nesterov momentum, 5 Newton–Schulz steps, updates scaled by
+    sqrt(max(1, fan_out / fan_in))) for the `muon_mask` matrices instead. Clipping sees every gradient."""
+    tx = optax.adamw(
         learning_rate=learning_rate_schedule(config),
         b1=config.beta1,
         b2=config.beta2,
@@ -44,6 +67,13 @@ def make_optimizer(config: TrainConfig) -> optax.GradientTransformation:
         weight_decay=config.weight_decay,
         mask=None if config.decay_all_params else decay_mask,
     )
+    if config.optimizer == "muon":
+        muon = optax.contrib.muon(  # it sees only 2-D leaves, so its own Adam for the others stays unused
+            learning_rate=learning_rate_schedule(config, config.muon_lr),
+            beta=config.muon_momentum,
+            weight_decay=config.muon_weight_decay,
+        )
+        tx = optax.partition({"muon": muon, "adamw": tx}, optimizer_labels)
     if config.grad_clip > 0:
-        return optax.chain(optax.clip_by_global_norm(config.grad_clip), adamw)
-    return adamw
+        return optax.chain(optax.clip_by_global_norm(config.grad_clip), tx)
+    return tx

@@ -26,7 +26,7 @@ from jaxgpt import checkpoint, optim, rundir
 from jaxgpt.cli import run_cli
 from jaxgpt.cli.train import main as train_main
 from jaxgpt.config import TrainConfig, load_config
-from jaxgpt.errors import JaxgptError
+from jaxgpt.errors import JaxgptError, UsageError
 from jaxgpt.interrupt import StopRequest
 from jaxgpt.rundir import RunDir
 from jaxgpt.train import TrainResult, train
@@ -119,6 +119,28 @@ def test_resume_can_train_longer(straight, tmp_path, data_file):
     train(dataclasses.replace(config, max_iters=60, resume=True, steps_per_call=5), log=lines.append)
     assert "resuming with changed settings: max_iters 40 -> 60" in lines  # steps per call change no result
     assert_same_run(tmp_path / "run", straight)
+
+
+def test_muon_run_resumes_bitwise_and_keeps_its_optimizer(tmp_path, data_file):
+    """--optimizer=muon: Muon's state (momentum, counts, Newton-Schulz coefficients) and AdamW's for the other
+    params are checkpointed and restored, so a stopped run resumes as if uninterrupted; resuming it with AdamW
+    is refused before anything changes."""
+    config = run_config(tmp_path / "run", data_file, optimizer="muon", max_iters=40, checkpoint_interval=20)
+    straight = train(dataclasses.replace(config, out_dir=str(tmp_path / "straight")), log=lambda _: None)
+    stop = StopRequest()
+
+    def stop_after_step_20(line: str) -> None:
+        if line.startswith("step 20:"):
+            stop.signum = signal.SIGINT
+
+    assert train(config, log=stop_after_step_20, stop=stop).interrupted
+    with pytest.raises(UsageError, match=r"the config differs in optimizer \(checkpoint 'muon', now 'adamw'\)"):
+        train(dataclasses.replace(config, resume=True, optimizer="adamw"), log=lambda _: None)
+    lines: list[str] = []
+    resumed = train(dataclasses.replace(config, resume=True), log=lines.append)
+    assert "resuming from step 20" in lines
+    assert_trees_equal(resumed.state, straight.state)  # step, params, both optimizers' states
+    assert without_timing(resumed.history) == without_timing(straight.history)
 
 
 def truncate_arrays(step_dir: Path) -> None:

@@ -43,6 +43,8 @@ def test_config_by_name_and_by_path(tmp_path):
         (["--batch_size=-1"], "batch_size must be positive"),
         (["--max_iters=-5"], "max_iters must not be negative"),
         (["--lr_schedule=linear"], r"--lr_schedule: invalid choice: 'linear' \(choose from 'constant', 'cosine'\)"),
+        (["--optimizer=sgd"], r"--optimizer: invalid choice: 'sgd' \(choose from 'adamw', 'muon'\)"),
+        (["--muon_momentum=1"], r"muon_momentum must be in \[0, 1\), got 1.0"),
         (["--config=huge"], "unknown config 'huge'; choose one of bigram, lecture, shakespeare_char, small, tiny"),
         (["--config=missing/file.py"], "config file 'missing/file.py' does not exist"),
     ],
@@ -50,6 +52,14 @@ def test_config_by_name_and_by_path(tmp_path):
 def test_bad_flags(argv, message):
     with pytest.raises(UsageError, match=message):
         parse_train_args(argv)
+
+
+def test_muon_flags():
+    config = parse_train_args(["--config=tiny", "--optimizer=muon", "--muon_lr=0.05", "--muon_momentum=0.9",
+                               "--muon_weight_decay=0.1"])
+    assert (config.optimizer, config.muon_lr, config.muon_momentum, config.muon_weight_decay) == ("muon", 0.05, 0.9,
+                                                                                                  0.1)
+    assert parse_train_args(["--config=tiny"]).optimizer == "adamw"
 
 
 def test_vocab_size_is_not_a_flag():
@@ -77,6 +87,7 @@ def test_help_describes_every_field_with_the_configs_default():
             assert f"--{field.name} " in help_text and "".join(description.split()) in unwrapped, field.name
     assert "--batch_size int sequences per optimizer step (all devices together) (default: 16)" in help_text
     assert "--n_embd int channels of the residual stream (default: 64)" in help_text
+    assert "--optimizer {adamw,muon} adamw: AdamW for every parameter;" in help_text
 
 
 def test_optional_fields_take_none():
@@ -93,6 +104,7 @@ def test_optional_fields_take_none():
         (["--batchsize=3"], "error: unknown flag --batchsize; did you mean --batch_size?"),
         (["--n_embd=30", "--n_head=4"], "error: n_embd (30) must be divisible by n_head (4); try n_head=3"),
         (["--data_path=/no/such/file.txt"], "error: --data_path points to '/no/such/file.txt', which is not a file"),
+        (["--optimizer=sgd"], "error: argument --optimizer: invalid choice: 'sgd' (choose from 'adamw', 'muon')"),
     ],
 )
 def test_cli_usage_errors_are_one_line_exit_2(args, message, tmp_path, small_text_file):

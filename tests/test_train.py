@@ -84,6 +84,18 @@ def test_cli_end_to_end_on_tiny(tmp_path, small_text_file):
     assert (tmp_path / "run" / "loss.png").stat().st_size > 1000
 
 
+def test_muon_trains_from_the_command_line(tmp_path, small_text_file):
+    result = subprocess.run([sys.executable, "-m", "jaxgpt.train", "--config=tiny", "--optimizer=muon",
+                             "--muon_lr=0.02", f"--data_path={small_text_file}", f"--out_dir={tmp_path / 'run'}",
+                             "--progress=false", "--sample_chars=0"], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == [0, 20, 40]
+    assert all(np.isfinite(r["train_loss"]) and np.isfinite(r["val_loss"]) for r in records)
+    assert records[-1]["val_loss"] < records[0]["val_loss"] - 0.5
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["optimizer"] == "muon"
+
+
 def test_full_val_loss_is_every_window_once_whatever_the_batch(tmp_path, small_text_file):
     """eval_mode=full: the mean loss of every val token after the first, each predicted from its consecutive
     block_size window, equal to a plain loop over the windows and the same for any batch size."""
