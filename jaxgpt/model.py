@@ -28,13 +28,13 @@ from flax import traverse_util
 
 from jaxgpt.config import Attention, GPTConfig
 from jaxgpt.errors import UsageError
-from jaxgpt.layers import Dropout, cpu_dense_dot_general
+from jaxgpt.layers import Dropout, cpu_dense_dot_general, gelu
 from jaxgpt.mfu import flops_per_token
 
 _weight_init = nn.initializers.normal(stddev=0.02)  # the lecture's _init_weights
 _ACTIVATIONS = {
     "relu": nn.relu,
-    "gelu": lambda x: nn.gelu(x, approximate=False),  # torch.nn.GELU() (nanoGPT)
+    "gelu": gelu,  # torch.nn.GELU() (nanoGPT)
     "gelu_tanh": lambda x: nn.gelu(x, approximate=True),  # GPT-2's "gelu_new"
     "relu2": lambda x: jnp.square(nn.relu(x)),  # modded-nanogpt's ReLU squared
 }

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from jax.extend.random import threefry_2x32
 
-from jaxgpt.layers import Dropout, cpu_dense_dot_general, random_bits, threefry2x32
+from jaxgpt.layers import Dropout, cpu_dense_dot_general, gelu, random_bits, threefry2x32
 
 
 def test_threefry_rounds_are_jax_threefry():
@@ -62,3 +62,19 @@ def test_dense_matmul_equals_flax_default_and_its_gradients():
 def test_dense_matmul_rejects_other_contractions():
     with pytest.raises(ValueError, match="only contracts x's last axis"):
         cpu_dense_dot_general(jnp.ones((3, 4)), jnp.ones((3, 5)), (((0,), (0,)), ((), ())))
+
+
+def test_gelu_is_exact_gelu_and_pytorchs():
+    from scipy.special import erfc
+    torch = pytest.importorskip("torch")
+
+    x = np.linspace(-12, 12, 24_001, dtype=np.float32)
+    exact = 0.5 * x.astype(np.float64) * erfc(-x.astype(np.float64) / np.sqrt(2))
+    ours = np.asarray(gelu(jnp.asarray(x)), np.float64)
+    spacing = np.spacing(np.maximum(np.abs(x), 1.0))  # float32 rounding at each input's size
+    assert np.all(np.abs(ours - exact) <= 4 * spacing)  # at most 2.3 spacings measured (x near 3.95)
+    x_torch = torch.from_numpy(x).requires_grad_()
+    torch.nn.functional.gelu(x_torch).sum().backward()
+    np.testing.assert_allclose(ours, torch.nn.functional.gelu(x_torch).detach().numpy(), rtol=0, atol=2e-6)
+    grad = jax.grad(lambda v: gelu(v).sum())(jnp.asarray(x))
+    np.testing.assert_allclose(np.asarray(grad), x_torch.grad.numpy(), rtol=0, atol=1e-6)
