@@ -10,5 +10,4 @@ config = TrainConfig(
     max_iters=5000,
     eval_interval=100,
     eval_iters=200,
-    steps_per_call=10,  # 10 optimizer steps per compiled call: same results, less per-call overhead
 )

@@ -169,8 +169,8 @@ class TrainConfig:
     eval_mode: EvalMode = option("sampled", "sampled: eval_iters random batches per split (the lecture's); full: "
                                  "val loss over the whole val split in consecutive windows (deterministic)")
     seed: int = option(1337, "the seed every random draw derives from, with the step", seed_range)
-    steps_per_call: int = option(1, "optimizer steps per compiled call, at most (same results, less overhead)",
-                                 positive)
+    steps_per_call: int = option(0, "optimizer steps per compiled call, at most; 0: chosen from the model's size "
+                                    "(same results either way)", non_negative)
     # optimizer: torch.optim.AdamW's defaults
     learning_rate: float = option(3e-4, "peak learning rate", positive)
     beta1: float = option(0.9, "AdamW beta1", unit_interval)

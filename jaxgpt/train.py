@@ -155,10 +155,20 @@ def make_full_loss(config: TrainConfig, model: LanguageModel, placement: shardin
     return full_loss
 
 
-def resolved_steps_per_call(config: TrainConfig, start_step: int = 0) -> int:
-    """The most steps per compiled call, up to `steps_per_call`, that evaluations and checkpoints still fall between."""
+# steps_per_call=0 (the default) chooses from the model's size: about AUTO_CALL_FLOPS of training work per compiled
+# call, at most AUTO_MAX_STEPS steps. Small models get several steps per call, which saves the per-call cost (the
+# call itself, reading the state back, the loop's Python); large ones one, so that the progress bar and a stop
+# signal stay responsive. Calibrated on a 2-core CPU (benchmarks/RESULTS.md, "Steps per call").
+AUTO_CALL_FLOPS = 2e10
+AUTO_MAX_STEPS = 10
+
+
+def resolved_steps_per_call(config: TrainConfig, flops_per_step: float, start_step: int = 0) -> int:
+    """The steps per compiled call: `steps_per_call`, or with 0 the automatic choice for `flops_per_step`; lowered
+    as far as needed for evaluations and checkpoints (and the step resumed from) to fall between calls."""
+    wanted = config.steps_per_call or int(min(AUTO_MAX_STEPS, max(1, AUTO_CALL_FLOPS // flops_per_step)))
     interval = math.gcd(config.eval_interval, config.max_iters, config.checkpoint_interval, start_step)
-    return max(k for k in range(1, config.steps_per_call + 1) if interval % k == 0)
+    return max(k for k in range(1, wanted + 1) if interval % k == 0)
 
 
 def eval_steps(config: TrainConfig) -> list[int]:
@@ -230,10 +240,10 @@ class Run:
         self.val_data = self.placement.replicate(self.dataset.val)
         self._estimate_loss = make_estimate_loss(self.config, self.model, self.placement)
         self._full_loss = make_full_loss(self.config, self.model, self.placement)
-        # Compiled at the first step() for the most steps per call (up to config.steps_per_call) that keep every
-        # evaluation and checkpoint from there on a call boundary.
+        # Compiled at the first step() for the steps per call that keep every evaluation and checkpoint from
+        # there on a call boundary.
         self._train_step: Callable | None = None
-        self.steps_per_call = resolved_steps_per_call(self.config)
+        self.steps_per_call = resolved_steps_per_call(self.config, self.flops_per_step())
         if config.resume:
             self.restore()
         elif self.is_main:
@@ -281,7 +291,7 @@ class Run:
     def compile(self) -> jax.stages.Compiled:
         """The train step compiled for the steps per call from the current step (once; `step()` calls it)."""
         if self._train_step is None:
-            self.steps_per_call = resolved_steps_per_call(self.config, self.step_count)
+            self.steps_per_call = resolved_steps_per_call(self.config, self.flops_per_step(), self.step_count)
             config = dataclasses.replace(self.config, steps_per_call=self.steps_per_call)
             train_step = make_train_step(config, self.model, self.tx, self.placement)
             self._train_step = train_step.lower(self.state, self.train_data).compile()
@@ -328,6 +338,10 @@ class Run:
                 raise self.checkpoints.failure(f"writing {self.run_dir.metrics_file}", err) from None
         self.log(f"step {step}: train loss {record['train_loss']:.4f}, val loss {record['val_loss']:.4f}")
         return record
+
+    def flops_per_step(self) -> float:
+        """Training FLOPs of one optimizer step (nanoGPT's estimate: 6N + 12LCT per token)."""
+        return self.model.flops_per_token(self.n_params) * self.config.batch_size * self.config.block_size
 
     def _flops(self) -> tuple[float, float | None]:
         """(training FLOPs per token, peak FLOP/s of all devices: --peak_flops or the known-devices table)."""

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from jaxgpt import sharding
-from jaxgpt.config import load_config
+from jaxgpt.config import TrainConfig, load_config
 from jaxgpt.errors import UsageError
 from jaxgpt.model import GPT, GPTConfig, build_model, init_params
 from jaxgpt.optim import make_optimizer
@@ -136,14 +136,22 @@ def test_training_in_scanned_steps_reports_tokens_per_sec_and_mfu(tmp_path, smal
 def test_steps_per_call_is_the_largest_that_lands_on_every_evaluation(requested, eval_interval, max_iters, used):
     config = dataclasses.replace(load_config("tiny"), steps_per_call=requested, eval_interval=eval_interval,
                                  max_iters=max_iters, checkpoint_interval=max_iters)
-    assert resolved_steps_per_call(config) == used
+    assert resolved_steps_per_call(config, flops_per_step=1e12) == used
 
 
 def test_steps_per_call_also_lands_on_checkpoints_and_the_resumed_step():
     config = dataclasses.replace(load_config("tiny"), steps_per_call=10, eval_interval=100, max_iters=5000,
                                  checkpoint_interval=250)
-    assert resolved_steps_per_call(config) == 10
-    assert resolved_steps_per_call(config, start_step=1234) == 2  # resumed after an interrupt at step 1234
+    assert resolved_steps_per_call(config, flops_per_step=1e12) == 10
+    assert resolved_steps_per_call(config, 1e12, start_step=1234) == 2  # resumed after an interrupt at step 1234
+
+
+@pytest.mark.parametrize(("flops_per_step", "used"), [(1e6, 10), (2e9, 10), (4e9, 5), (1.5e10, 1), (1e13, 1)])
+def test_steps_per_call_zero_chooses_from_the_work_per_step(flops_per_step, used):
+    config = dataclasses.replace(load_config("tiny"), steps_per_call=0, eval_interval=100, max_iters=5000,
+                                 checkpoint_interval=500)
+    assert resolved_steps_per_call(config, flops_per_step) == used
+    assert config.steps_per_call == TrainConfig().steps_per_call  # the default is the automatic choice
 
 
 def test_bfloat16_training_runs(tmp_path, small_text_file):
@@ -158,7 +166,7 @@ def test_bfloat16_training_runs(tmp_path, small_text_file):
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [
-        ({"steps_per_call": 0}, "steps_per_call must be positive"),
+        ({"steps_per_call": -1}, "steps_per_call must not be negative"),
         ({"peak_flops": 0.0}, "peak_flops must be positive"),
     ],
 )
