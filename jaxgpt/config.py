@@ -166,6 +166,7 @@ class TrainConfig:
     max_iters: int = option(5000, "optimizer steps in all", non_negative)
     eval_interval: int = option(500, "steps between loss estimates", positive)
     eval_iters: int = option(200, "batches per loss estimate", positive)
+    eval_at_start: bool = option(True, "estimate the losses at step 0 too, before training")
     eval_mode: EvalMode = option("sampled", "sampled: eval_iters random batches per split (the lecture's); full: "
                                  "val loss over the whole val split in consecutive windows (deterministic)")
     seed: int = option(1337, "the seed every random draw derives from, with the step", seed_range)
@@ -255,7 +256,7 @@ class TrainConfig:
 
 
 # Training fields that may change on resume without changing what is computed.
-FREE_ON_RESUME = frozenset({"eval_interval", "eval_iters", "eval_mode", "checkpoint_interval", "keep_checkpoints",
+FREE_ON_RESUME = frozenset({"eval_interval", "eval_iters", "eval_mode", "eval_at_start", "checkpoint_interval", "keep_checkpoints",
                             "progress", "sample_chars", "out_dir", "overwrite", "resume", "data_path",
                             "steps_per_call"})
 MUON_FIELDS = frozenset({"muon_lr", "muon_momentum", "muon_weight_decay"})  # no effect with optimizer="adamw"

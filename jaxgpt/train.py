@@ -172,8 +172,10 @@ def resolved_steps_per_call(config: TrainConfig, flops_per_step: float, start_st
 
 
 def eval_steps(config: TrainConfig) -> list[int]:
-    """Steps (optimizer updates done) after which the losses are estimated: 0, every interval, and the last."""
-    return sorted(set(range(0, config.max_iters, config.eval_interval)) | {config.max_iters})
+    """Steps (optimizer updates done) after which the losses are estimated: 0 (with `eval_at_start`), every
+    interval, and the last."""
+    first = 0 if config.eval_at_start else config.eval_interval
+    return sorted(set(range(first, config.max_iters, config.eval_interval)) | {config.max_iters})
 
 
 @dataclasses.dataclass
@@ -407,7 +409,7 @@ class Run:
         """Train to max_iters, evaluating, logging and checkpointing. Returns whether `stop` (set by a signal
         handler, see jaxgpt.interrupt) ended the run early, after a checkpoint of that step."""
         stop, config, step = stop or StopRequest(), self.config, self.step_count
-        if step == 0 and not self.history:
+        if step == 0 and not self.history and config.eval_at_start:
             self.evaluate()
         if step >= config.max_iters:
             self.log(f"step {step} is already max_iters {config.max_iters}: nothing to train "

@@ -26,6 +26,14 @@ def tiny(tmp_path, data_path, **overrides):
 def test_eval_steps_include_zero_and_last():
     config = dataclasses.replace(load_config("tiny"), max_iters=45, eval_interval=20)
     assert eval_steps(config) == [0, 20, 40, 45]
+    assert eval_steps(dataclasses.replace(config, eval_at_start=False)) == [20, 40, 45]
+
+
+def test_without_eval_at_start_the_first_estimate_is_after_training(tmp_path, small_text_file):
+    result = train(tiny(tmp_path, small_text_file, max_iters=20, eval_interval=20, eval_at_start=False),
+                   log=lambda _: None)
+    assert [r["step"] for r in result.history] == [20]
+    assert [json.loads(line)["step"] for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()] == [20]
 
 
 def test_training_lowers_the_loss_and_writes_the_run(tmp_path, small_text_file):
