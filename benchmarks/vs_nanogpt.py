@@ -45,8 +45,9 @@ RECIPE = {"learning_rate": 1e-3, "min_lr": 1e-4, "warmup_iters": 100, "beta1": 0
           "weight_decay": 0.1, "grad_clip": 1.0}
 
 
-def torch_run(data_path: str, size: tuple, eval_iters: int, seed: int) -> dict:
-    """nanoGPT's train.py loop, in this process; returns wall time, steps/s and the final losses."""
+def torch_run(data_path: str, size: tuple, eval_iters: int, seed: int, full_val: bool = False) -> dict:
+    """nanoGPT's train.py loop, in this process; returns wall time, steps/s and the final losses (with `full_val`,
+    also the loss over the whole val split as jaxgpt's eval_mode=full computes it, after the timed run)."""
     start = time.perf_counter()
     import numpy as np
     import torch
@@ -111,7 +112,34 @@ def torch_run(data_path: str, size: tuple, eval_iters: int, seed: int) -> dict:
         optimizer.zero_grad(set_to_none=True)
     train_s = time.perf_counter() - tic
     losses = estimate_loss()
-    return {"wall_s": time.perf_counter() - start, "steps_per_s": max_iters / train_s, **losses}
+    result = {"wall_s": time.perf_counter() - start, "steps_per_s": max_iters / train_s, **losses}
+    if full_val:
+        result["full_val"] = whole_split_loss(model, splits["val"], block_size)
+    return result
+
+
+def whole_split_loss(model, data, block_size: int, batch_size: int = 64) -> float:
+    """The mean next-token loss over all of `data`: consecutive block_size windows, every token after the first
+    predicted once (jaxgpt.train.make_full_loss)."""
+    import numpy as np
+    import torch
+    from torch.nn import functional as F
+
+    n = len(data) - 1
+    windows = -(-n // block_size)
+    padded = np.zeros(windows * block_size + 1, dtype=np.int64)
+    padded[:len(data)] = data
+    x = torch.from_numpy(padded[:-1].reshape(windows, block_size))
+    y = torch.from_numpy(padded[1:].reshape(windows, block_size))
+    counted = (torch.arange(windows * block_size) < n).reshape(windows, block_size)
+    model.eval()
+    total = 0.0
+    with torch.no_grad():
+        for i in range(0, windows, batch_size):
+            logits = model(x[i:i + batch_size])
+            losses = F.cross_entropy(logits.transpose(1, 2), y[i:i + batch_size], reduction="none")
+            total += losses[counted[i:i + batch_size]].double().sum().item()
+    return total / n
 
 
 def jaxgpt_run(data_path: str, size: tuple, eval_iters: int, seed: int) -> dict:
@@ -160,12 +188,13 @@ def main() -> None:
     parser.add_argument("--max_iters", type=int, help="override every size's steps (smoke tests)")
     parser.add_argument("--seed", type=int, default=1337)
     parser.add_argument("--worker", help=argparse.SUPPRESS)  # run the PyTorch side of this size here
+    parser.add_argument("--full_val", action="store_true", help=argparse.SUPPRESS)  # the worker's whole-split loss
     args = parser.parse_args()
     if args.max_iters:
         for name, size in SIZES.items():
             SIZES[name] = (*size[:5], args.max_iters)
     if args.worker:
-        print(json.dumps(torch_run(args.data_path, SIZES[args.worker], args.eval_iters, args.seed)))
+        print(json.dumps(torch_run(args.data_path, SIZES[args.worker], args.eval_iters, args.seed, args.full_val)))
         return
 
     print(f"date: {datetime.datetime.now():%Y-%m-%d %H:%M}  machine: {platform.processor() or platform.machine()}, "

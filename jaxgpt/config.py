@@ -256,9 +256,9 @@ class TrainConfig:
 
 
 # Training fields that may change on resume without changing what is computed.
-FREE_ON_RESUME = frozenset({"eval_interval", "eval_iters", "eval_mode", "eval_at_start", "checkpoint_interval", "keep_checkpoints",
-                            "progress", "sample_chars", "out_dir", "overwrite", "resume", "data_path",
-                            "steps_per_call"})
+FREE_ON_RESUME = frozenset({"eval_interval", "eval_iters", "eval_mode", "eval_at_start", "checkpoint_interval",
+                            "keep_checkpoints", "progress", "sample_chars", "out_dir", "overwrite", "resume",
+                            "data_path", "steps_per_call"})
 MUON_FIELDS = frozenset({"muon_lr", "muon_momentum", "muon_weight_decay"})  # no effect with optimizer="adamw"
 
 

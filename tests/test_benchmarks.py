@@ -37,6 +37,9 @@ def run_script(name: str, *args: str, data_path: str, smoke: bool = False) -> st
     ("generate_speed.py", ["--repeats=1"], "weights-only floor"),
     ("vs_nanogpt.py", ["--sizes=xs", "--rounds=1", "--max_iters=10", "--eval_iters=2"],
      "jaxgpt speed / nanoGPT-style speed"),
+    ("speedrun.py", ["--rounds=1", "--nanogpt_iters=10", "--max_iters=10", "--eval_interval=10", *TINY],
+     "of nanoGPT's recipe (target <= 0.333)"),
+    ("ablation.py", ["--options=muon", "--max_iters=4", "--eval_interval=4", *TINY], "without muon"),
 ])
 def test_benchmark_script_runs(name, args, expected, shakespeare_path):
     out = run_script(name, *args, data_path=str(shakespeare_path), smoke=name == "generate_speed.py")
