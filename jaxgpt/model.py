@@ -334,6 +334,11 @@ def build_model(config: GPTConfig) -> LanguageModel:
     return GPT(config)
 
 
+def has_rolling_cache(config: GPTConfig) -> bool:
+    """Whether config's model can decode with a rolling KV cache (`decode="rolling"`): a GPT with RoPE."""
+    return config.model_type == "gpt" and config.position == "rope"
+
+
 def init_params(config: GPTConfig, key: jax.Array):
     """A fresh parameter pytree for `config`'s model, drawn from `key`."""
     return build_model(config).init(key, jnp.zeros((1, config.block_size), jnp.int32))["params"]

@@ -43,7 +43,7 @@ import jax.numpy as jnp
 from jaxgpt.config import GPTConfig
 from jaxgpt.data import check_tokens
 from jaxgpt.errors import UsageError
-from jaxgpt.model import Decode, build_model
+from jaxgpt.model import Decode, build_model, has_rolling_cache
 
 # The KV cache grows to block_size in this many equal steps. More steps: less cache read per token, one more
 # scan body to compile each (lecture config on CPU, 1 -> 4: ~40% more tokens/s, ~2 s more compile time).
@@ -218,10 +218,10 @@ def check_cache(config: GPTConfig, cache: Cache) -> None:
     """UsageError unless `cache` is a mode that `config`'s model can sample with."""
     if not isinstance(cache, str) or cache not in get_args(Cache):
         raise UsageError(f"cache must be one of {', '.join(get_args(Cache))}, got {cache!r}")
-    if cache == "rolling" and (config.model_type != "gpt" or config.position != "rope"):
-        model = "the bigram model" if config.model_type == "bigram" else "this model (position='learned')"
-        raise UsageError(f"cache='rolling' needs rotary positions (position='rope'), which {model} lacks; use "
-                         "cache='recompute', the default")
+    if cache == "rolling" and not has_rolling_cache(config):
+        raise UsageError(f"cache='rolling' needs a GPT with rotary positions (position='rope'), got "
+                         f"model_type={config.model_type!r}, position={config.position!r}; use cache='recompute', "
+                         "the default")
 
 
 def generate(config: GPTConfig, params, prompt: jax.Array, max_new_tokens: int, key: jax.Array, *,

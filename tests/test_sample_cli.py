@@ -113,8 +113,8 @@ def test_default_prompt_works_without_a_newline_in_the_vocabulary(tmp_path, caps
         (["--out_dir=RUN", "--seed=-1"], "--seed must be in [0, 2**32), got -1"),
         (["--out_dir=RUN/missing"], "/missing' does not exist; pass the out_dir of a training run"),
         (["--out_dir=RUN", "--cache=ring"], "argument --cache: invalid choice: 'ring' (choose from"),
-        (["--out_dir=RUN", "--cache=rolling"], "cache='rolling' needs rotary positions (position='rope'), which this "
-                                               "model (position='learned') lacks; use cache='recompute', the default"),
+        (["--out_dir=RUN", "--cache=rolling"], "cache='rolling' needs a GPT with rotary positions (position='rope'), "
+                                               "got model_type='gpt', position='learned'; use cache='recompute'"),
     ],
 )
 def test_mistakes_are_one_line_with_exit_status_2(run_dir, capsys, flags, message):
