@@ -1,6 +1,7 @@
 """Generation speed: jaxgpt's KV-cached `generate` vs the lecture's PyTorch `generate`, same weights, one run.
 
     python benchmarks/generate_speed.py [--repeats=3] [--torch_threads=2] [--no_torch]
+    python benchmarks/generate_speed.py --rolling [--repeats=5]
 
 The `lecture` config (10.79M parameters) with random weights, 1-token prompts. Cases: 1 and 8 samples x 255 new
 tokens (the whole context stays within block_size = 256), and 1 sample x 2000 new tokens (the last 1745 beyond
@@ -10,13 +11,19 @@ runs each case once. Batch scaling adds jaxgpt with 2 and 4 samples. "weights-on
 doing only each token's products with the weight matrices (no attention, no sampling): the limit that streaming
 42.5 MB of weights per step sets on this machine. With JAXGPT_SMOKE=1 a tiny model and short cases only check
 that the script runs (the tests do this).
+
+`--rolling` times only the two modes beyond block_size on the `lecture` model with RoPE (random weights): from a
+block_size-token prompt, 2000 new tokens (all beyond it) with `cache="recompute"` and with `cache="rolling"`,
+compiled first, then `--repeats` timed runs of each, in turns; median tok/s and the range.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import platform
+import statistics
 import time
 
 import jax
@@ -43,6 +50,34 @@ def time_jaxgpt(config: GPTConfig, params, batch: int, new_tokens: int, repeats:
         generate(config, params, prompt, new_tokens, jax.random.key(r + 1)).block_until_ready()
         runs.append(time.perf_counter() - tic)
     return min(runs), max(first - min(runs), 0.0)
+
+
+def rolling_vs_recompute(config: GPTConfig, repeats: int, new_tokens: int) -> None:
+    """Print tok/s beyond block_size of generate's two modes, on `config` with RoPE, as median (min-max)."""
+    config = dataclasses.replace(config, position="rope")
+    params = init_params(config, jax.random.key(0))
+    prompt = jax.random.randint(jax.random.key(1), (1, config.block_size), 0, config.vocab_size)  # a full window
+
+    def run(cache: str, seed: int) -> float:  # seconds
+        tic = time.perf_counter()
+        generate(config, params, prompt, new_tokens, jax.random.key(seed), cache=cache).block_until_ready()
+        return time.perf_counter() - tic
+
+    modes = ("recompute", "rolling")
+    compile_s = {mode: run(mode, 0) for mode in modes}  # the first call compiles
+    runs = {mode: [] for mode in modes}
+    for r in range(repeats):  # in turns, so that both modes see the same machine load
+        for mode in modes:
+            runs[mode].append(run(mode, r + 1))
+    rates = {mode: sorted(new_tokens / s for s in runs[mode]) for mode in modes}
+    print(f"RoPE model, 1 sample, {config.block_size}-token prompt, {new_tokens} new tokens (all beyond block_size), "
+          f"{repeats} timed runs per mode in turns:")
+    for mode in modes:
+        print(f"  {mode:<10} {statistics.median(rates[mode]):8.1f} tok/s median  ({rates[mode][0]:.1f}-"
+              f"{rates[mode][-1]:.1f})  first call {compile_s[mode]:.1f} s (compiling included)")
+    (slow, fast) = (rates[mode] for mode in modes)
+    print(f"  rolling / recompute: {statistics.median(fast) / statistics.median(slow):.1f}x of the medians "
+          f"(range {fast[0] / slow[-1]:.1f}-{fast[-1] / slow[0]:.1f}x)")
 
 
 def time_torch(model, batch: int, new_tokens: int) -> float:
@@ -83,15 +118,21 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3, help="timed jaxgpt runs per case (best is reported)")
     parser.add_argument("--torch_threads", type=int, default=2)
     parser.add_argument("--no_torch", action="store_true", help="time jaxgpt only")
+    parser.add_argument("--rolling", action="store_true",
+                        help="time only generate's recompute and rolling modes beyond block_size (RoPE)")
     args = parser.parse_args()
 
     config = GPTConfig(dropout=0.0)  # the lecture's architecture; vocab 65, block_size 256
     if SMOKE:
         config = GPTConfig(block_size=16, n_layer=1, n_head=2, n_embd=32, dropout=0.0)
     within, long = config.block_size - 1, LONG if not SMOKE else 40  # new tokens from a 1-token prompt
-    params = init_params(config, jax.random.key(0))
     print(f"{time.strftime('%Y-%m-%d %H:%M')}  {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
           f"jax {jax.__version__} ({jax.default_backend()}), load average {os.getloadavg()[0]:.2f}")
+    if args.rolling:
+        rolling_vs_recompute(config, args.repeats, long)
+        print(f"load average at the end: {os.getloadavg()[0]:.2f}")
+        return
+    params = init_params(config, jax.random.key(0))
 
     torch_model = None
     if not args.no_torch:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
+from typing import Literal
 
 import flax.linen as nn
 import jax
@@ -32,6 +33,7 @@ from jaxgpt.layers import Dropout, cpu_dense_dot_general, gelu
 from jaxgpt.mfu import flops_per_token
 
 _weight_init = nn.initializers.normal(stddev=0.02)  # the lecture's _init_weights
+Decode = bool | Literal["rolling"]  # a model call's `decode`: False (training), True (KV cache) or "rolling"
 _ACTIVATIONS = {
     "relu": nn.relu,
     "gelu": gelu,  # torch.nn.GELU() (nanoGPT)
@@ -83,8 +85,16 @@ def rotate_half(x: jax.Array) -> jax.Array:
     return jnp.concatenate([-x2, x1], axis=-1)
 
 
+def _rotate(x: jax.Array, cos: np.ndarray | jax.Array, sin: np.ndarray | jax.Array) -> jax.Array:
+    """x * cos + rotate_half(x) * sin in float32 (float64 in x64 tests), returned in x's dtype."""
+    dtype = jnp.promote_types(x.dtype, jnp.float32)
+    rotated = x.astype(dtype) * jnp.asarray(cos, dtype) + rotate_half(x.astype(dtype)) * jnp.asarray(sin, dtype)
+    return rotated.astype(x.dtype)
+
+
 def apply_rotary(x: jax.Array, positions: jax.Array, config: GPTConfig) -> jax.Array:
-    """Rotary position embedding of queries or keys x (B, nh, T, hs) at `positions` (T,) -> like x.
+    """Rotary position embedding of queries or keys x (B, nh, T, hs) at `positions` (T,), each < block_size
+    -> like x.
 
     Llama's (and Hugging Face's `apply_rotary_pos_emb`): x * cos + rotate_half(x) * sin, computed in float32
     (float64 in x64 tests) and returned in x's dtype. A query at position m and a key at n then score
@@ -92,8 +102,15 @@ def apply_rotary(x: jax.Array, positions: jax.Array, config: GPTConfig) -> jax.A
     dtype = jnp.promote_types(x.dtype, jnp.float32)
     cos, sin = (jnp.asarray(table, dtype)[positions]  # (T, hs), broadcast over (B, nh)
                 for table in rotary_tables(config.block_size, config.head_size, config.rope_theta))
-    rotated = x.astype(dtype) * cos + rotate_half(x.astype(dtype)) * sin
-    return rotated.astype(x.dtype)
+    return _rotate(x, cos, sin)
+
+
+def rotate_back_one_lap(x: jax.Array, config: GPTConfig) -> jax.Array:
+    """Keys x (B, nh, S, hs) rotated at positions n turned back to n - block_size (the rolling KV cache's older
+    lap): the angles of position block_size, negated, from the same float64 tables."""
+    cos, sin = (table[config.block_size]  # (hs,)
+                for table in rotary_tables(config.block_size + 1, config.head_size, config.rope_theta))
+    return _rotate(x, cos, -sin)
 
 
 def softcap(logits: jax.Array, cap: float) -> jax.Array:
@@ -134,7 +151,9 @@ class CausalSelfAttention(nn.Module):
 
     With `cache_index` (sampling), x holds the tokens at positions cache_index, cache_index + 1, ...; their keys
     and values are written into the 'cache' collection after those of earlier calls, and the queries attend to
-    every cached position up to their own.
+    every cached position up to their own. With `rolling` as well (RoPE, one token per call), the cache is a ring
+    of block_size slots and the token attends to the last block_size tokens, itself included, at any position
+    (see `_extend_cache`).
 
     Options: `qk_norm` RMS-normalizes each head's queries and keys over hs, then `position="rope"` rotates them
     by their positions: modded-nanogpt's and Qwen3's order. (nanochat rotates first; without a learned scale,
@@ -145,7 +164,8 @@ class CausalSelfAttention(nn.Module):
     config: GPTConfig
 
     @nn.compact
-    def __call__(self, x: jax.Array, deterministic: bool = True, cache_index: jax.Array | None = None) -> jax.Array:
+    def __call__(self, x: jax.Array, deterministic: bool = True, cache_index: jax.Array | None = None,
+                 rolling: bool = False) -> jax.Array:
         cfg = self.config
         B, T, C = x.shape
         nh, hs = cfg.n_head, cfg.head_size
@@ -158,30 +178,45 @@ class CausalSelfAttention(nn.Module):
             q, k = _rms_norm(cfg, "q_norm")(q), _rms_norm(cfg, "k_norm")(k)
         if cfg.position == "rope":
             positions = jnp.arange(T) if cache_index is None else cache_index + jnp.arange(T)  # (T,)
+            if rolling:  # rotated at the ring slot the key goes to, not at the unbounded position
+                positions = positions % cfg.block_size
             q, k = apply_rotary(q, positions, cfg), apply_rotary(k, positions, cfg)
         q, k = q.astype(v.dtype), k.astype(v.dtype)  # back to the compute dtype (QK-norm's output is float32)
         mask = None  # plain causal
         if cache_index is not None:
-            k, v, mask = self._extend_cache(k, v, cache_index)  # keys and values (B, nh, S, hs)
+            k, v, mask = self._extend_cache(k, v, cache_index, rolling)  # keys and values (B, nh, S, hs)
         weights_dropout = functools.partial(Dropout(cfg.dropout), deterministic=deterministic)
         out = causal_attention(q, k, v, cfg.attention, weights_dropout, mask)  # (B, nh, T, hs)
         out = out.swapaxes(1, 2).reshape(B, T, C)  # heads concatenated
         out = _dense(cfg, C, "proj", cfg.bias, zero_init=cfg.zero_init_proj)(out)
         return Dropout(cfg.dropout)(out, deterministic=deterministic)
 
-    def _extend_cache(self, k: jax.Array, v: jax.Array, index: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+    def _extend_cache(self, k: jax.Array, v: jax.Array, index: jax.Array,
+                      rolling: bool) -> tuple[jax.Array, jax.Array, jax.Array]:
         """Write k, v (B, nh, T, hs) at positions index.. of the cache -> (keys, values, mask (T, S)).
 
         A new cache holds S = block_size positions; one passed in may hold fewer (the sampler grows it as it
-        fills, so that attention reads only the positions in use)."""
+        fills, so that attention reads only the positions in use).
+
+        `rolling` (one token, a full-size cache): the cache is a ring of S = block_size slots, written at slot
+        r = index % S, and the key was rotated at r (never at a position >= block_size). Slots <= r hold this
+        lap's tokens index - r .., rotated at their slots; slots > r hold the previous lap's, index - S + 1 ..,
+        each S positions older than its slot says: they are rotated back by S, so that the query, at r, scores
+        every key through its true offset. The query sees all S slots once index >= S, else slots <= r."""
         B, nh, T, hs = k.shape
         shape = (B, nh, self.config.block_size, hs)
         cached_k = self.variable("cache", "cached_key", jnp.zeros, shape, k.dtype)
         cached_v = self.variable("cache", "cached_value", jnp.zeros, shape, v.dtype)
-        cached_k.value = jax.lax.dynamic_update_slice_in_dim(cached_k.value, k, index, axis=2)
-        cached_v.value = jax.lax.dynamic_update_slice_in_dim(cached_v.value, v, index, axis=2)
+        S = cached_k.value.shape[2]
+        slot = index % S if rolling else index
+        cached_k.value = jax.lax.dynamic_update_slice_in_dim(cached_k.value, k, slot, axis=2)
+        cached_v.value = jax.lax.dynamic_update_slice_in_dim(cached_v.value, v, slot, axis=2)
+        if rolling:
+            older = jnp.arange(S) > slot  # (S,) the previous lap
+            keys = jnp.where(older[:, None], rotate_back_one_lap(cached_k.value, self.config), cached_k.value)
+            return keys, cached_v.value, (~older | (index >= S))[None]  # mask (1, S)
         query_pos = index + jnp.arange(T)  # (T,)
-        causal = jnp.arange(cached_k.value.shape[2]) <= query_pos[:, None]  # (T, S)
+        causal = jnp.arange(S) <= query_pos[:, None]  # (T, S)
         return cached_k.value, cached_v.value, causal
 
 
@@ -205,9 +240,10 @@ class Block(nn.Module):
     config: GPTConfig
 
     @nn.compact
-    def __call__(self, x: jax.Array, deterministic: bool = True, cache_index: jax.Array | None = None) -> jax.Array:
+    def __call__(self, x: jax.Array, deterministic: bool = True, cache_index: jax.Array | None = None,
+                 rolling: bool = False) -> jax.Array:
         attention = CausalSelfAttention(self.config, name="sa")
-        x = x + attention(_norm(self.config, "ln1")(x), deterministic, cache_index)
+        x = x + attention(_norm(self.config, "ln1")(x), deterministic, cache_index, rolling)
         x = x + FeedForward(self.config, name="ffwd")(_norm(self.config, "ln2")(x), deterministic)
         return x
 
@@ -222,7 +258,8 @@ class GPT(nn.Module):
 
     `decode=True` (sampling) continues the tokens of earlier decode calls, whose keys and values the 'cache'
     collection holds: apply with `mutable=["cache"]`, starting without a cache. The caller keeps the total
-    number of tokens within block_size.
+    number of tokens within block_size. `decode="rolling"` (RoPE only, one token per call) continues them without
+    that limit: the cache keeps the last block_size tokens' keys and values, a sliding window (jaxgpt.sample).
     """
 
     config: GPTConfig
@@ -232,11 +269,15 @@ class GPT(nn.Module):
         super().__post_init__()
 
     @nn.compact
-    def __call__(self, idx: jax.Array, deterministic: bool = True, decode: bool = False) -> jax.Array:
+    def __call__(self, idx: jax.Array, deterministic: bool = True, decode: Decode = False) -> jax.Array:
         cfg = self.config
         B, T = idx.shape
         if cfg.block_size < T:
             raise UsageError(f"sequence length {T} exceeds block_size {cfg.block_size}; crop the input")
+        rolling = decode == "rolling"
+        if rolling and (cfg.position != "rope" or T != 1):
+            raise UsageError(f"decode='rolling' takes one token per call of a model with position='rope', got "
+                             f"{T} tokens, position={cfg.position!r}")
         wte = nn.Embed(cfg.vocab_size, cfg.n_embd, embedding_init=_weight_init, name="token_embedding_table")
         cache_index = self._advance_cache_index(T) if decode else None  # position of idx[:, 0]
         pos = jnp.arange(T) if cache_index is None else cache_index + jnp.arange(T)  # (T,)
@@ -245,7 +286,7 @@ class GPT(nn.Module):
             wpe = nn.Embed(cfg.block_size, cfg.n_embd, embedding_init=_weight_init, name="position_embedding_table")
             x = x + wpe(pos)
         for i in range(cfg.n_layer):
-            x = Block(cfg, name=f"blocks_{i}")(x, deterministic, cache_index)
+            x = Block(cfg, name=f"blocks_{i}")(x, deterministic, cache_index, rolling)
         x = _norm(cfg, "ln_f")(x)
         if cfg.tie_embeddings:
             logits = wte.attend(x)  # (B, T, V)
@@ -273,7 +314,7 @@ class BigramLanguageModel(nn.Module):
     vocab_size: int
 
     @nn.compact
-    def __call__(self, idx: jax.Array, deterministic: bool = True, decode: bool = False) -> jax.Array:
+    def __call__(self, idx: jax.Array, deterministic: bool = True, decode: Decode = False) -> jax.Array:
         del deterministic, decode  # no dropout, and no context to cache: the arguments keep the models alike
         table = nn.Embed(self.vocab_size, self.vocab_size, name="token_embedding_table")
         return table(idx)  # (B, T, V)
@@ -291,6 +332,11 @@ def build_model(config: GPTConfig) -> LanguageModel:
     if config.model_type == "bigram":
         return BigramLanguageModel(config.vocab_size)
     return GPT(config)
+
+
+def has_rolling_cache(config: GPTConfig) -> bool:
+    """Whether config's model can decode with a rolling KV cache (`decode="rolling"`): a GPT with RoPE."""
+    return config.model_type == "gpt" and config.position == "rope"
 
 
 def init_params(config: GPTConfig, key: jax.Array):

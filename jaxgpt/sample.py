@@ -8,20 +8,33 @@ give the same tokens for the same key:
 - `generate` (GPT or bigram, as the config says): a prefill pass over the prompt fills a per-layer KV cache,
   then a `lax.scan` adds one token per step, feeding only the newest token. The cache grows to block_size in
   KV_CACHE_GROWTH steps (a scan per size, compiled together), so attention reads about the positions in use,
-  not all block_size. Once the
-  context exceeds block_size, the positions of all kept tokens shift with every new token (and, with the oldest
-  token dropped, so do their keys and values from the second layer on), so each step reruns the model on the
-  last block_size tokens (the lecture's semantics, in the same compiled loop; about block_size times the work of
-  a cached step). That holds for RoPE too, whose windows are rotated from position 0 like the learned table's.
+  not all block_size. Once the context exceeds block_size, `cache` chooses:
+  - "recompute" (the default; the lecture's semantics): the positions of all kept tokens shift with every new
+    token (and, with the oldest token dropped, so do their keys and values from the second layer on), so each
+    step reruns the model on the last block_size tokens (in the same compiled loop; about block_size times the
+    work of a cached step). That holds for RoPE too, whose windows are rotated from position 0 like the
+    learned table's.
+  - "rolling" (RoPE models only; how Llama-family samplers work): the steps go on feeding one token into the
+    same, full cache, now a ring buffer of block_size slots (`CausalSelfAttention._extend_cache`). The token at
+    stream position p (counted from the start of the prompt's last block_size tokens) is written at slot
+    p % block_size, over the token p - block_size, and attends to the last block_size tokens, itself included:
+    the window of the recompute path's last position. Keys are rotated at their slot, never at a position
+    >= block_size (the float64 tables end there); RoPE scores depend on offsets only, and the slots after the
+    newest one (the previous lap) are turned back block_size positions when read, so every score sees its true
+    offset, however long the sample. No key or value is recomputed: from the second layer on, a kept token's
+    keys and values were computed when it was new, with the tokens before it that the window has since
+    dropped. So the two modes give the same tokens while the context fits block_size (the same compiled
+    steps), the same logits beyond it for one layer (exactly, up to rounding), and other logits for more
+    layers (docs/sampling.md has the drift measured on a trained model, and the speed).
 - `generate_with_model` (any model, e.g. the bigram): the lecture's loop, rerunning the model on the cropped
-  context for every token. The exactness reference for `generate`.
+  context for every token. The exactness reference for `generate`'s default.
 """
 
 from __future__ import annotations
 
 import functools
 import numbers
-from typing import NamedTuple
+from typing import Literal, NamedTuple, get_args
 
 import flax.linen as nn
 import jax
@@ -30,11 +43,12 @@ import jax.numpy as jnp
 from jaxgpt.config import GPTConfig
 from jaxgpt.data import check_tokens
 from jaxgpt.errors import UsageError
-from jaxgpt.model import build_model
+from jaxgpt.model import Decode, build_model, has_rolling_cache
 
 # The KV cache grows to block_size in this many equal steps. More steps: less cache read per token, one more
 # scan body to compile each (lecture config on CPU, 1 -> 4: ~40% more tokens/s, ~2 s more compile time).
 KV_CACHE_GROWTH = 4
+Cache = Literal["recompute", "rolling"]  # what `generate` does beyond block_size (module docstring)
 
 
 class Sampling(NamedTuple):
@@ -149,23 +163,24 @@ def _resize_cache(cache, size: int):
     return jax.tree_util.tree_map(resize, cache)
 
 
-@functools.partial(jax.jit, static_argnames=("config", "max_new_tokens"))
+@functools.partial(jax.jit, static_argnames=("config", "max_new_tokens", "cache"))
 def _generate_cached(config: GPTConfig, params, prompt: jax.Array, key: jax.Array, sampling: Sampling, *,
-                     max_new_tokens: int) -> jax.Array:
-    """Prefill the KV cache, decode one token per step while the context fits, then recompute per token."""
+                     max_new_tokens: int, cache: Cache) -> jax.Array:
+    """Prefill the KV cache, decode one token per step while the context fits, then recompute per token or
+    (cache="rolling") go on decoding into the KV cache as a ring buffer."""
     model, T0 = build_model(config), prompt.shape[1]
     tokens = _token_buffer(prompt, max_new_tokens)
     # prefill: the last block_size prompt tokens (the lecture's crop) fill the cache and give new token 0
     logits, variables = model.apply({"params": params}, prompt[:, -config.block_size:], decode=True,
                                     mutable=["cache"])  # (B, min(T0, block_size), V)
     first = draw_token(logits[:, -1], jax.random.fold_in(key, 0), sampling)
-    cache = variables.get("cache", {})  # the bigram model keeps none
+    kv = variables.get("cache", {})  # the bigram model keeps none
     tokens = tokens.at[:, T0].set(first)
 
-    def cached_step(carry, i):  # new token i: feed token i - 1, attend to the cache
-        tokens, cache = carry
+    def cached_step(carry, i, decode: Decode = True):  # new token i: feed token i - 1, attend to the cache
+        tokens, kv = carry
         previous = jax.lax.dynamic_slice_in_dim(tokens, T0 + i - 1, 1, axis=1)  # (B, 1)
-        logits, variables = model.apply({"params": params, "cache": cache}, previous, decode=True,
+        logits, variables = model.apply({"params": params, "cache": kv}, previous, decode=decode,
                                         mutable=["cache"])  # (B, 1, V)
         new = draw_token(logits[:, -1], jax.random.fold_in(key, i), sampling)  # (B,)
         tokens = jax.lax.dynamic_update_slice_in_dim(tokens, new[:, None], T0 + i, axis=1)
@@ -176,9 +191,13 @@ def _generate_cached(config: GPTConfig, params, prompt: jax.Array, key: jax.Arra
     for size in kv_cache_sizes(config.block_size):  # one scan per cache size: attention reads only that many
         stop = min(n_cached, size - T0 + 1)  # new token i reads and writes cache positions < T0 + i
         if start < stop:
-            carry = (tokens, _resize_cache(cache, size))
-            (tokens, cache), _ = jax.lax.scan(cached_step, carry, jnp.arange(start, stop))
+            carry = (tokens, _resize_cache(kv, size))
+            (tokens, kv), _ = jax.lax.scan(cached_step, carry, jnp.arange(start, stop))
             start = stop
+    if cache == "rolling":  # beyond block_size: decode on, the full-size cache (the prefill's or the last scan's)
+        rolling_step = functools.partial(cached_step, decode="rolling")  # now a ring buffer (module docstring)
+        (tokens, _), _ = jax.lax.scan(rolling_step, (tokens, kv), jnp.arange(n_cached, max_new_tokens))
+        return tokens
     # beyond block_size: every kept token's position shifts, so the window is recomputed for each new token
     return _recompute_steps(model, params, tokens, key, sampling, prompt_len=T0, block_size=config.block_size,
                             steps=range(n_cached, max_new_tokens))
@@ -195,18 +214,32 @@ def generate_with_model(model: nn.Module, params, prompt: jax.Array, max_new_tok
                                block_size=block_size, max_new_tokens=int(max_new_tokens))
 
 
+def check_cache(config: GPTConfig, cache: Cache) -> None:
+    """UsageError unless `cache` is a mode that `config`'s model can sample with."""
+    if not isinstance(cache, str) or cache not in get_args(Cache):
+        raise UsageError(f"cache must be one of {', '.join(get_args(Cache))}, got {cache!r}")
+    if cache == "rolling" and not has_rolling_cache(config):
+        raise UsageError(f"cache='rolling' needs a GPT with rotary positions (position='rope'), got "
+                         f"model_type={config.model_type!r}, position={config.position!r}; use cache='recompute', "
+                         "the default")
+
+
 def generate(config: GPTConfig, params, prompt: jax.Array, max_new_tokens: int, key: jax.Array, *,
-             temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None) -> jax.Array:
+             temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None,
+             cache: Cache = "recompute") -> jax.Array:
     """Continue each row of `prompt` (B, T0) by `max_new_tokens` tokens -> (B, T0 + max_new_tokens), KV-cached,
     with the model that `config` describes (`config.model_type`).
 
-    Compiled once per (config, prompt shape, max_new_tokens); other keys and sampling settings reuse it.
+    `cache` says what happens beyond block_size: "recompute" (the lecture's semantics) or "rolling" (RoPE
+    models: a sliding window of cached keys and values); see the module docstring. Compiled once per (config,
+    prompt shape, max_new_tokens, cache); other keys and sampling settings reuse it.
     """
     prompt = check_generate_args(prompt, max_new_tokens, key, config.vocab_size, temperature, top_k, top_p)
+    check_cache(config, cache)
     if max_new_tokens == 0:
         return prompt
     return _generate_cached(config, params, prompt, key, Sampling.of(config.vocab_size, temperature, top_k, top_p),
-                            max_new_tokens=int(max_new_tokens))
+                            max_new_tokens=int(max_new_tokens), cache=cache)
 
 
 if __name__ == "__main__":  # `python -m jaxgpt.sample`: the command line lives in jaxgpt/cli/sample.py

@@ -35,6 +35,8 @@ def run_script(name: str, *args: str, data_path: str, smoke: bool = False) -> st
      "jaxgpt wall time / lecture wall time"),
     ("recipe_vs_lecture.py", ["--max_iters=20", "--eval_interval=10", "--eval_iters=2"], "nanoGPT"),
     ("generate_speed.py", ["--repeats=1"], "weights-only floor"),
+    ("generate_speed.py", ["--repeats=1", "--rolling"], "rolling / recompute"),
+    ("rolling_drift.py", ["--config=tiny", "--max_iters=20", "--streams=4", "--windows=2"], "top-1 agree"),
     ("vs_nanogpt.py", ["--sizes=xs", "--rounds=1", "--max_iters=10", "--eval_iters=2"],
      "jaxgpt speed / nanoGPT-style speed"),
     ("speedrun.py", ["--rounds=1", "--nanogpt_iters=10", "--max_iters=10", "--eval_interval=10", *TINY],

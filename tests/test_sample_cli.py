@@ -13,21 +13,34 @@ import pytest
 
 from jaxgpt import checkpoint
 from jaxgpt.cli import run_cli
+from jaxgpt.cli import sample as cli_sample
 from jaxgpt.cli.sample import RULE, main
 from jaxgpt.config import load_config
 from jaxgpt.sample import generate
 from jaxgpt.train import train
 
 
-@pytest.fixture(scope="module")
-def run_dir(tmp_path_factory, shakespeare_text):
+def train_tiny(tmp_path_factory, text: str, max_iters: int, **model_changes):
+    """The out_dir of a short run of the `tiny` config (its model changed by `model_changes`)."""
     data = tmp_path_factory.mktemp("data") / "small.txt"
-    data.write_text(shakespeare_text[:20_000], encoding="utf-8")
+    data.write_text(text[:20_000], encoding="utf-8")
     out_dir = tmp_path_factory.mktemp("run")
-    config = dataclasses.replace(load_config("tiny"), data_path=str(data), out_dir=str(out_dir), overwrite=True,
-                                 progress=False, sample_chars=0, max_iters=20, eval_interval=20, eval_iters=2)
+    tiny = load_config("tiny")
+    config = dataclasses.replace(tiny, model=dataclasses.replace(tiny.model, **model_changes), data_path=str(data),
+                                 out_dir=str(out_dir), overwrite=True, progress=False, sample_chars=0,
+                                 max_iters=max_iters, eval_interval=max_iters, eval_iters=2)
     train(config, log=lambda _: None)
     return out_dir
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory, shakespeare_text):
+    return train_tiny(tmp_path_factory, shakespeare_text, 20)
+
+
+@pytest.fixture(scope="module")
+def rope_run_dir(tmp_path_factory, shakespeare_text):
+    return train_tiny(tmp_path_factory, shakespeare_text, 2, position="rope")
 
 
 def sample(capsys, argv: list[str]) -> list[str]:
@@ -46,6 +59,28 @@ def test_prints_the_samples_of_generate_separated_by_a_rule(run_dir, capsys):
     prompt = np.array([tokenizer.encode("ROMEO:")] * 2)
     tokens = generate(config.model, params, prompt, 40, jax.random.key(3), temperature=0.9, top_k=20, top_p=0.95)
     assert samples == [tokenizer.decode(row) for row in np.asarray(tokens)]
+
+
+def test_cache_rolling_samples_with_the_rolling_cache(rope_run_dir, capsys, monkeypatch):
+    modes = []  # what the command passes to generate (a barely trained model samples alike in both modes)
+    monkeypatch.setattr(cli_sample, "generate", lambda *args, **kwargs: modes.append(kwargs["cache"])
+                        or generate(*args, **kwargs))
+    argv = [f"--out_dir={rope_run_dir}", "--prompt=ROMEO:", "--num_samples=2", "--max_new_tokens=40", "--seed=3"]
+    samples = sample(capsys, [*argv, "--cache=rolling"])  # 46 characters: beyond tiny's block_size, 16
+    config, params, tokenizer = checkpoint.load(rope_run_dir)
+    prompt = np.array([tokenizer.encode("ROMEO:")] * 2)
+    tokens = generate(config.model, params, prompt, 40, jax.random.key(3), cache="rolling")
+    assert samples == [tokenizer.decode(row) for row in np.asarray(tokens)]
+    sample(capsys, argv)
+    assert modes == ["rolling", "recompute"]
+
+
+def test_help_lists_the_cache_flag(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--help"])
+    help_text = " ".join(capsys.readouterr().out.split())
+    assert exit_info.value.code == 0
+    assert "--cache {recompute,rolling} beyond block_size: recompute (default)" in help_text
 
 
 def test_default_prompt_is_token_0_a_newline_in_shakespeare(run_dir, capsys):
@@ -77,6 +112,9 @@ def test_default_prompt_works_without_a_newline_in_the_vocabulary(tmp_path, caps
         (["--out_dir=RUN", "--seed=9223372036854775808"], "--seed must be in [0, 2**32), got 9223372036854775808"),
         (["--out_dir=RUN", "--seed=-1"], "--seed must be in [0, 2**32), got -1"),
         (["--out_dir=RUN/missing"], "/missing' does not exist; pass the out_dir of a training run"),
+        (["--out_dir=RUN", "--cache=ring"], "argument --cache: invalid choice: 'ring' (choose from"),
+        (["--out_dir=RUN", "--cache=rolling"], "cache='rolling' needs a GPT with rotary positions (position='rope'), "
+                                               "got model_type='gpt', position='learned'; use cache='recompute'"),
     ],
 )
 def test_mistakes_are_one_line_with_exit_status_2(run_dir, capsys, flags, message):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import get_args
 
 import jax
 import jax.numpy as jnp
@@ -14,7 +15,7 @@ from jaxgpt import checkpoint, compile_cache
 from jaxgpt.cli import ArgumentParser, run_cli
 from jaxgpt.config import seed_range
 from jaxgpt.errors import UsageError
-from jaxgpt.sample import generate
+from jaxgpt.sample import Cache, generate
 
 RULE = "-" * 40  # printed between samples
 
@@ -41,6 +42,11 @@ def parse_sample_args(argv: list[str]) -> dict:
                         help="keep the smallest set of tokens whose probability reaches p (default: all)")
     parser.add_argument("--seed", type=int, default=1337, metavar="SEED",
                         help="the samples' PRNG seed (default: %(default)s)")
+    parser.add_argument("--cache", choices=get_args(Cache), default="recompute",
+                        help="beyond block_size: recompute (default) reruns the model on the last block_size tokens "
+                        "for every token, the lecture's semantics; rolling (RoPE models) keeps a sliding window of "
+                        "cached keys and values, much faster but other logits from the second layer on "
+                        "(docs/sampling.md)")
     args = vars(parser.parse_args(argv))
     if args["num_samples"] < 1:
         raise UsageError(f"--num_samples must be >= 1, got {args['num_samples']}")
@@ -64,7 +70,7 @@ def main(argv: list[str] | None = None) -> None:
         raise UsageError(f"--prompt has {err}") from None
     prompt = jnp.asarray([prompt_ids] * args["num_samples"], jnp.int32)  # (num_samples, T0)
     tokens = generate(config.model, params, prompt, args["max_new_tokens"], jax.random.key(args["seed"]),
-                      temperature=args["temperature"], top_k=args["top_k"], top_p=args["top_p"])
+                      temperature=args["temperature"], top_k=args["top_k"], top_p=args["top_p"], cache=args["cache"])
     samples = [tokenizer.decode(row) for row in np.asarray(tokens)]
     print(f"\n{RULE}\n".join(samples))
 
