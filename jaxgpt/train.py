@@ -74,7 +74,8 @@ def cross_entropy(logits: jax.Array, targets: jax.Array) -> jax.Array:
 
 def make_train_step(config: TrainConfig, model: LanguageModel, tx: optax.GradientTransformation,
                     placement: sharding.Placement) -> Callable:
-    """state, train_data -> (state, loss): `steps_per_call` times batch, forward, backward and AdamW update.
+    """state, train_data -> (state, loss): `steps_per_call` times (once for 0, the automatic choice, which `Run`
+    resolves) batch, forward, backward and optimizer update.
 
     One compiled call; several steps run in a `lax.scan` (less dispatch overhead), each with the keys of its
     own step, so the result is the same as calling a one-step function that many times. `loss` is the last step's.
@@ -103,7 +104,7 @@ def make_train_step(config: TrainConfig, model: LanguageModel, tx: optax.Gradien
         return TrainState(step=state.step + 1, params=params, opt_state=opt_state, first_bad_step=first_bad_step), loss
 
     def train_steps(state: TrainState, train_data: jax.Array) -> tuple[TrainState, jax.Array]:
-        if config.steps_per_call == 1:
+        if config.steps_per_call <= 1:
             return train_step(state, train_data)
         state, losses = jax.lax.scan(lambda s, _: train_step(s, train_data), state, length=config.steps_per_call)
         return state, losses[-1]
@@ -166,7 +167,8 @@ AUTO_MAX_STEPS = 10
 def resolved_steps_per_call(config: TrainConfig, flops_per_step: float, start_step: int = 0) -> int:
     """The steps per compiled call: `steps_per_call`, or with 0 the automatic choice for `flops_per_step`; lowered
     as far as needed for evaluations and checkpoints (and the step resumed from) to fall between calls."""
-    wanted = config.steps_per_call or int(min(AUTO_MAX_STEPS, max(1, AUTO_CALL_FLOPS // flops_per_step)))
+    automatic = min(AUTO_MAX_STEPS, max(1, int(AUTO_CALL_FLOPS // max(flops_per_step, 1.0))))  # bigram: 0 FLOPs
+    wanted = config.steps_per_call or automatic
     interval = math.gcd(config.eval_interval, config.max_iters, config.checkpoint_interval, start_step)
     return max(k for k in range(1, wanted + 1) if interval % k == 0)
 

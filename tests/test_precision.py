@@ -146,7 +146,7 @@ def test_steps_per_call_also_lands_on_checkpoints_and_the_resumed_step():
     assert resolved_steps_per_call(config, 1e12, start_step=1234) == 2  # resumed after an interrupt at step 1234
 
 
-@pytest.mark.parametrize(("flops_per_step", "used"), [(1e6, 10), (2e9, 10), (4e9, 5), (1.5e10, 1), (1e13, 1)])
+@pytest.mark.parametrize(("flops_per_step", "used"), [(0, 10), (1e6, 10), (2e9, 10), (4e9, 5), (1.5e10, 1), (1e13, 1)])
 def test_steps_per_call_zero_chooses_from_the_work_per_step(flops_per_step, used):
     config = dataclasses.replace(load_config("tiny"), steps_per_call=0, eval_interval=100, max_iters=5000,
                                  checkpoint_interval=500)
