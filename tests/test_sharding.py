@@ -181,22 +181,28 @@ def runs(tmp_path_factory, shakespeare_text) -> dict[str, Run]:
     data_path = root / "small.txt"
     data_path.write_text(shakespeare_text[:20_000], encoding="utf-8")
     port = _free_port()
-    runs = {
-        "one_device": Run(root / "one", [_start(root / "one", data_path, 1)]),
-        "data8": Run(root / "data8", [_start(root / "data8", data_path, 8)]),
-        "data4_fsdp2": Run(root / "data4_fsdp2", [_start(root / "data4_fsdp2", data_path, 8, "--fsdp=2")]),
-        "two_processes": Run(root / "two", [
+    two_processes = {  # started alone: gloo gives up if one process reaches it 30 s after the other
+        "two_processes": lambda: Run(root / "two", [
             _start(root / "two", data_path, 2, "--multihost", extra_env={
                 "JAX_COORDINATOR_ADDRESS": f"127.0.0.1:{port}", "JAX_NUM_PROCESSES": "2", "JAX_PROCESS_ID": str(i)})
             for i in range(2)]),
     }
+    one_process_each = {
+        "one_device": lambda: Run(root / "one", [_start(root / "one", data_path, 1)]),
+        "data8": lambda: Run(root / "data8", [_start(root / "data8", data_path, 8)]),
+        "data4_fsdp2": lambda: Run(root / "data4_fsdp2", [_start(root / "data4_fsdp2", data_path, 8, "--fsdp=2")]),
+    }
     deadline = time.monotonic() + RUN_TIMEOUT_S
+    runs: dict[str, Run] = {}
     try:
-        for name, run in runs.items():
-            for proc in run.procs:
-                stdout, stderr = proc.communicate(timeout=max(1.0, deadline - time.monotonic()))
-                assert proc.returncode == 0, f"{name} failed:\n{stderr[-3000:]}"
-                run.outputs.append((stdout, stderr))
+        for group in (two_processes, one_process_each):
+            started = {name: start() for name, start in group.items()}
+            runs.update(started)
+            for name, run in started.items():
+                for proc in run.procs:
+                    stdout, stderr = proc.communicate(timeout=max(1.0, deadline - time.monotonic()))
+                    assert proc.returncode == 0, f"{name} failed:\n{stderr[-3000:]}"
+                    run.outputs.append((stdout, stderr))
     finally:
         for run in runs.values():
             for proc in run.procs:
