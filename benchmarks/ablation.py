@@ -2,8 +2,9 @@
 
     JAXGPT_DATA=path/to/input.txt python benchmarks/ablation.py [--config=speedrun] [--options=muon,rope] [--f=v ...]
 
-Runs the config as it is, then once with each of its modern options set back to the lecture's (one at a time),
-then the lecture's model and optimizer with only the config's size and schedule. Every run is a whole
+Runs the config as it is, then once with each of its modern options turned off (one at a time: the lecture's
+choice, or for the untied head GPT-2's tied one), then with all of them off, keeping only the config's size and
+schedule. Every run is a whole
 `python -m jaxgpt.train` process with the same seed, steps and schedule; the val loss is over the whole val split
 (`eval_mode=full`, deterministic), the time per step is the training throughput jaxgpt measured (without
 compiling and evaluation).
@@ -22,8 +23,8 @@ import tempfile
 from jaxgpt.config import load_config
 from jaxgpt.rundir import RunDir
 
-# option -> the flags that turn it back into the lecture's choice
-LECTURE_CHOICE = {
+# option -> the flags that turn it off
+OPTION_OFF = {
     "muon": ["--optimizer=adamw"],
     "rope": ["--position=learned"],
     "rmsnorm": ["--norm=layernorm"],
@@ -50,7 +51,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data_path", default=os.environ.get("JAXGPT_DATA"), help="tiny Shakespeare input.txt")
     parser.add_argument("--config", default="speedrun", help="the recipe to ablate (default: %(default)s)")
-    parser.add_argument("--options", default=",".join(LECTURE_CHOICE), help="the options to take out one at a time "
+    parser.add_argument("--options", default=",".join(OPTION_OFF), help="the options to take out one at a time "
                         "(default: all of %(default)s)")
     args, flags = parser.parse_known_args()
     base = load_config(args.config)
@@ -61,8 +62,8 @@ def main() -> None:
             tokens_per_step = tokens_per_step // getattr(base, name) * int(value)
 
     variants = {f"{args.config} as it is": []}
-    variants.update({f"without {option}": LECTURE_CHOICE[option] for option in args.options.split(",")})
-    variants["lecture's model and AdamW"] = [flag for choice in LECTURE_CHOICE.values() for flag in choice]
+    variants.update({f"without {option}": OPTION_OFF[option] for option in args.options.split(",")})
+    variants["every option off"] = [flag for choice in OPTION_OFF.values() for flag in choice]
     print(f"date: {datetime.datetime.now():%Y-%m-%d %H:%M}  machine: {platform.processor() or platform.machine()}, "
           f"{os.cpu_count()} cores  load: {os.getloadavg()[0]:.2f}")
     print(f"command: {' '.join(sys.argv)}\n")

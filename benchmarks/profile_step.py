@@ -19,11 +19,15 @@ import tempfile
 import time
 from pathlib import Path
 
-import jax
-from jax.profiler import ProfileData
+from jaxgpt.allocator import keep_freed_memory
 
-from jaxgpt.cli import parse_train_args
-from jaxgpt.train import Run
+keep_freed_memory()  # as the command lines do, before JAX starts its threads
+
+import jax  # noqa: E402
+from jax.profiler import ProfileData  # noqa: E402
+
+from jaxgpt.cli import parse_train_args  # noqa: E402
+from jaxgpt.train import Run  # noqa: E402
 
 _INSTRUCTION = re.compile(r"^\s*(?:ROOT )?%?([\w.\-]+) = .*?op_name=\"([^\"]*)\"", re.MULTILINE)
 
