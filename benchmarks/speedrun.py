@@ -6,15 +6,15 @@ Each round runs, as whole processes in turns (the side that goes first alternate
 
 - nanoGPT's CPU recipe ("I only have a macbook": 4 layers, 4 heads, n_embd 128, block 64, batch 12, 2000 steps,
   lr 1e-3 cosine to 1e-4, warmup 100, beta2 0.99, dropout 0), trained by the nanoGPT-style PyTorch loop of
-  benchmarks/vs_nanogpt.py, timed whole as nanoGPT's train.py would be (its evaluations: `eval_iters=20`
-  batches per split at the start and the end);
+  benchmarks/vs_nanogpt.py, timed whole as nanoGPT's train.py would be (its evaluation at the start, `eval_iters=20`
+  batches per split);
 - `python -m jaxgpt.train --config=speedrun` (configs/speedrun.py) plus any extra flags, timed whole: imports,
   compiling (with the persistent compilation cache as a user has it: `--cold` empties it first), training and
   its final evaluation.
 
-Both sides' val loss is then measured the record's way, outside the timing: the mean next-character loss over the
-whole val split in consecutive windows of the model's block size (jaxgpt's `eval_mode="full"`; the PyTorch
-loop computes the same after its timed run). A record needs val <= 1.88 and its time; the target is at most 1/3 of
+Both sides end with the record's val loss, inside their timing: the mean next-character loss over the whole val
+split in consecutive windows of the model's block size (jaxgpt's `eval_mode="full"`; the PyTorch loop computes
+the same), and a train loss estimate. A record needs val <= 1.88 and its time; the target is at most 1/3 of
 nanoGPT's recipe time. benchmarks/SPEEDRUN.md logs the records.
 """
 
@@ -43,12 +43,13 @@ NANOGPT_EVAL_ITERS = 20
 def nanogpt_run(data_path: str, seed: int, max_iters: int | None) -> dict:
     """The PyTorch side, in its own process (benchmarks/vs_nanogpt.py --worker), timed whole."""
     cmd = [sys.executable, os.path.join(os.path.dirname(__file__), "vs_nanogpt.py"), "--worker", NANOGPT_CPU_RECIPE,
-           f"--data_path={data_path}", f"--eval_iters={NANOGPT_EVAL_ITERS}", f"--seed={seed}", "--full_val"]
+           f"--data_path={data_path}", f"--eval_iters={NANOGPT_EVAL_ITERS}", f"--seed={seed}", "--eval_at_start",
+           "--full_val"]
     if max_iters:
         cmd.append(f"--max_iters={max_iters}")
     out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
     result = json.loads(out.strip().splitlines()[-1])
-    return {"wall_s": result["wall_s"], "val": result["full_val"]}
+    return {"wall_s": result["wall_s"], "val": result["val"]}
 
 
 def jaxgpt_run(data_path: str, config: str, flags: list[str], cold: bool) -> dict:

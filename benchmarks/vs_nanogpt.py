@@ -5,8 +5,9 @@ scaled_dot_product_attention, exact GELU, no biases, tied head) and its train.py
 torch.randint, AdamW with its two decay groups (matrices decayed, vectors not), warmup + cosine learning rate,
 gradient clipping at 1.0, `estimate_loss` over `eval_iters` batches per split in eval mode). jaxgpt runs
 `python -m jaxgpt.train` with the same architecture and recipe. Each size of the sweep runs `--rounds` times,
-alternating which side goes first; each run is a fresh process, timed whole (imports, compilation, training,
-evaluations at step 0 and at the end over `--eval_iters` batches).
+alternating which side goes first; each run is a fresh process, timed whole (imports, compilation, training, one
+evaluation at the end: the train loss over `--eval_iters` batches and the val loss over the whole val split in
+consecutive windows, every val token once, as jaxgpt's `eval_mode=full`; both sides compute the same).
 
     JAXGPT_DATA=path/to/input.txt python benchmarks/vs_nanogpt.py [--sizes=s,m] [--rounds=3]
 
@@ -33,21 +34,23 @@ from jaxgpt.rundir import RunDir
 
 # name: (n_layer, n_head, n_embd, block_size, batch_size, max_iters). "s" is nanoGPT's CPU recipe
 # ("I only have a macbook"); the others span the issue's sweep (n_embd 64-384, n_layer 2-6, block 32-256,
-# batch 8-64) with step counts that keep one run near a minute on a 2-core CPU.
+# batch 8-64) with step counts that keep one run of m, l and xl near a minute on a 2-core CPU.
 SIZES = {
     "xs": (2, 2, 64, 32, 8, 2000),
     "s": (4, 4, 128, 64, 12, 2000),
-    "m": (4, 6, 192, 128, 32, 400),
-    "l": (6, 8, 256, 256, 32, 100),
-    "xl": (6, 6, 384, 256, 64, 30),
+    "m": (4, 6, 192, 128, 32, 150),
+    "l": (6, 8, 256, 256, 32, 40),
+    "xl": (6, 6, 384, 256, 64, 12),
 }
 RECIPE = {"learning_rate": 1e-3, "min_lr": 1e-4, "warmup_iters": 100, "beta1": 0.9, "beta2": 0.99,
           "weight_decay": 0.1, "grad_clip": 1.0}
 
 
-def torch_run(data_path: str, size: tuple, eval_iters: int, seed: int, full_val: bool = False) -> dict:
-    """nanoGPT's train.py loop, in this process; returns wall time, steps/s and the final losses (with `full_val`,
-    also the loss over the whole val split as jaxgpt's eval_mode=full computes it, after the timed run)."""
+def torch_run(data_path: str, size: tuple, eval_iters: int, seed: int, eval_at_start: bool = True,
+              full_val: bool = False) -> dict:
+    """nanoGPT's train.py loop, in this process; returns wall time, steps/s and the final losses: `estimate_loss`
+    over `eval_iters` batches per split, or with `full_val` the val loss over the whole split as jaxgpt's
+    eval_mode=full computes it (and the train estimate)."""
     start = time.perf_counter()
     import numpy as np
     import torch
@@ -86,10 +89,10 @@ def torch_run(data_path: str, size: tuple, eval_iters: int, seed: int, full_val:
         return min_lr + 0.5 * (1.0 + math.cos(math.pi * min(ratio, 1.0))) * (lr - min_lr)
 
     @torch.no_grad()
-    def estimate_loss() -> dict[str, float]:
+    def estimate_loss(names=("train", "val")) -> dict[str, float]:
         model.eval()
         out = {}
-        for split in splits:
+        for split in names:
             losses = torch.zeros(eval_iters)
             for k in range(eval_iters):
                 x, y = get_batch(split)
@@ -98,7 +101,8 @@ def torch_run(data_path: str, size: tuple, eval_iters: int, seed: int, full_val:
         model.train()
         return out
 
-    estimate_loss()
+    if eval_at_start:
+        estimate_loss()
     tic = time.perf_counter()
     x, y = get_batch("train")
     for it in range(max_iters):
@@ -111,11 +115,11 @@ def torch_run(data_path: str, size: tuple, eval_iters: int, seed: int, full_val:
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
     train_s = time.perf_counter() - tic
-    losses = estimate_loss()
-    result = {"wall_s": time.perf_counter() - start, "steps_per_s": max_iters / train_s, **losses}
     if full_val:
-        result["full_val"] = whole_split_loss(model, splits["val"], block_size)
-    return result
+        losses = {**estimate_loss(("train",)), "val": whole_split_loss(model, splits["val"], block_size)}
+    else:
+        losses = estimate_loss()
+    return {"wall_s": time.perf_counter() - start, "steps_per_s": max_iters / train_s, **losses}
 
 
 def whole_split_loss(model, data, block_size: int, batch_size: int = 64) -> float:
@@ -149,6 +153,7 @@ def jaxgpt_run(data_path: str, size: tuple, eval_iters: int, seed: int) -> dict:
         flags = [f"--n_layer={n_layer}", f"--n_head={n_head}", f"--n_embd={n_embd}", f"--block_size={block_size}",
                  f"--batch_size={batch_size}", f"--max_iters={max_iters}", f"--eval_interval={max_iters}",
                  f"--checkpoint_interval={max_iters}", f"--eval_iters={eval_iters}", f"--seed={seed}",
+                 "--eval_at_start=false", "--eval_mode=full",
                  "--dropout=0", "--activation=gelu", "--tie_embeddings=true", "--bias=false", "--lm_head_bias=false",
                  "--qkv_bias=false", "--lr_schedule=cosine", "--decay_all_params=false", "--progress=false",
                  "--sample_chars=0", f"--data_path={data_path}", f"--out_dir={out_dir}",
@@ -168,7 +173,7 @@ def run_side(side: str, data_path: str, size_name: str, eval_iters: int, seed: i
     if side == "jaxgpt":
         return jaxgpt_run(data_path, SIZES[size_name], eval_iters, seed)
     cmd = [sys.executable, __file__, "--worker", size_name, f"--data_path={data_path}", f"--eval_iters={eval_iters}",
-           f"--seed={seed}", f"--max_iters={SIZES[size_name][5]}"]
+           f"--seed={seed}", f"--max_iters={SIZES[size_name][5]}", "--full_val"]
     tic = time.perf_counter()
     out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
     result = json.loads(out.strip().splitlines()[-1])
@@ -184,17 +189,20 @@ def main() -> None:
     parser.add_argument("--data_path", default=os.environ.get("JAXGPT_DATA"), help="tiny Shakespeare input.txt")
     parser.add_argument("--sizes", default=",".join(SIZES), help="sizes to run (default: %(default)s)")
     parser.add_argument("--rounds", type=int, default=3, help="runs of each side per size (default: %(default)s)")
-    parser.add_argument("--eval_iters", type=int, default=200, help="batches per final loss (default: %(default)s)")
+    parser.add_argument("--eval_iters", type=int, default=20, help="batches of the final train loss "
+                        "(default: %(default)s; the val loss is over the whole split)")
     parser.add_argument("--max_iters", type=int, help="override every size's steps (smoke tests)")
     parser.add_argument("--seed", type=int, default=1337)
     parser.add_argument("--worker", help=argparse.SUPPRESS)  # run the PyTorch side of this size here
-    parser.add_argument("--full_val", action="store_true", help=argparse.SUPPRESS)  # the worker's whole-split loss
+    parser.add_argument("--eval_at_start", action="store_true", help=argparse.SUPPRESS)  # worker: nanoGPT's own
+    parser.add_argument("--full_val", action="store_true", help=argparse.SUPPRESS)  # worker: val over the split
     args = parser.parse_args()
     if args.max_iters:
         for name, size in SIZES.items():
             SIZES[name] = (*size[:5], args.max_iters)
     if args.worker:
-        print(json.dumps(torch_run(args.data_path, SIZES[args.worker], args.eval_iters, args.seed, args.full_val)))
+        print(json.dumps(torch_run(args.data_path, SIZES[args.worker], args.eval_iters, args.seed, args.eval_at_start,
+                                   args.full_val)))
         return
 
     print(f"date: {datetime.datetime.now():%Y-%m-%d %H:%M}  machine: {platform.processor() or platform.machine()}, "
