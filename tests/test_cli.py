@@ -45,7 +45,8 @@ def test_config_by_name_and_by_path(tmp_path):
         (["--lr_schedule=linear"], r"--lr_schedule: invalid choice: 'linear' \(choose from 'constant', 'cosine'\)"),
         (["--optimizer=sgd"], r"--optimizer: invalid choice: 'sgd' \(choose from 'adamw', 'muon'\)"),
         (["--muon_momentum=1"], r"muon_momentum must be in \[0, 1\), got 1.0"),
-        (["--config=huge"], "unknown config 'huge'; choose one of bigram, lecture, shakespeare_char, small, tiny"),
+        (["--config=huge"],
+         "unknown config 'huge'; choose one of bigram, lecture, shakespeare_char, small, speedrun, tiny"),
         (["--config=missing/file.py"], "config file 'missing/file.py' does not exist"),
     ],
 )
