@@ -124,7 +124,7 @@ def torch_run(data_path: str, size: tuple, eval_iters: int, seed: int, eval_at_s
 
 def whole_split_loss(model, data, block_size: int, batch_size: int = 64) -> float:
     """The mean next-token loss over all of `data`: consecutive block_size windows, every token after the first
-    predicted once (jaxgpt.train.make_full_loss)."""
+    predicted once (jaxgpt.train.Run.full_loss)."""
     import numpy as np
     import torch
     from torch.nn import functional as F

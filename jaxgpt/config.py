@@ -162,7 +162,10 @@ class TrainConfig:
     overwrite: bool = option(False, "replace the run in a non-empty out_dir")
     resume: bool = option(False, "continue the run in out_dir from its latest usable checkpoint")
     # training loop (the lecture's names)
-    batch_size: int = option(64, "sequences per optimizer step (all devices together)", positive)
+    batch_size: int = option(64, "sequences per micro-batch, all devices together (one micro-batch per step unless "
+                                 "grad_accum > 1)", positive)
+    grad_accum: int = option(1, "micro-batches per optimizer step, their gradients averaged in the compiled step: "
+                                "one batch of grad_accum * batch_size sequences in the memory of one", positive)
     max_iters: int = option(5000, "optimizer steps in all", non_negative)
     eval_interval: int = option(500, "steps between loss estimates", positive)
     eval_iters: int = option(200, "batches per loss estimate", positive)

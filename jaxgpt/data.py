@@ -21,6 +21,7 @@ import numpy as np
 import platformdirs
 
 from jaxgpt.errors import UsageError
+from jaxgpt.keys import step_keys
 
 SHAKESPEARE_URL = "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt"
 SHAKESPEARE_SHA256 = "86c4e6aa9db7c042ec79f339dcb96d42b0075e16b8fc2e86bf0ca57e2dc565ed"
@@ -132,6 +133,10 @@ class CharTokenizer:
     def decode(self, ids) -> str:
         return "".join(self.chars[int(i)] for i in ids)
 
+    def token_bytes(self) -> np.ndarray:
+        """(vocab_size,) int32: the UTF-8 bytes of each token's character."""
+        return np.array([len(ch.encode("utf-8")) for ch in self.chars], np.int32)
+
     def to_json(self) -> str:
         return json.dumps({"chars": "".join(self.chars)}, ensure_ascii=False)
 
@@ -192,8 +197,48 @@ def load_dataset(data_path: str | os.PathLike | None, block_size: int) -> Datase
     return Dataset(tokenizer, train, val)
 
 
+def window_offsets(key: jax.Array, n_tokens: int, shape: tuple[int, ...], block_size: int) -> jax.Array:
+    """Start offsets `shape` of random windows of block_size + 1 tokens in a split of `n_tokens` (the lecture's
+    `torch.randint(len(data) - block_size, (batch_size,))`). A shape (A, B) draws the same numbers as (A * B,)."""
+    return jax.random.randint(key, shape, 0, n_tokens - block_size)
+
+
+def train_offsets(seed: int, steps: jax.Array, n_tokens: int, grad_accum: int, batch_size: int,
+                  block_size: int) -> jax.Array:
+    """(K, A, B) window offsets of the training steps `steps` (K,): A micro-batches of B rows each, drawn with the
+    step's batch key. The on-device path and the host path (jaxgpt.loader) both draw with this function."""
+    def one_step(step):
+        batch_key, _ = step_keys(seed, step)
+        return window_offsets(batch_key, n_tokens, (grad_accum, batch_size), block_size)
+
+    return jax.vmap(one_step)(steps)
+
+
+def eval_offsets(key: jax.Array, n_tokens: int, eval_iters: int, batch_size: int, block_size: int) -> jax.Array:
+    """(eval_iters, B) window offsets of a loss estimate: batch i drawn with the i-th of `key`'s split."""
+    return jax.vmap(lambda k: window_offsets(k, n_tokens, (batch_size,), block_size))(
+        jax.random.split(key, eval_iters))
+
+
+def gather_windows(tokens, offsets, block_size: int):
+    """The windows (..., T + 1) starting at `offsets` (...): jnp arrays on the device, numpy (or a memmap) on the
+    host. A window's first T tokens are a context x, its last T the targets y."""
+    xp = np if isinstance(tokens, np.ndarray) else jnp
+    return tokens[offsets[..., None] + xp.arange(block_size + 1)]
+
+
+def consecutive_windows(tokens: np.ndarray, first: int, count: int, block_size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Windows `first` .. `first + count - 1` of `tokens` (N,) cut into consecutive blocks: window w holds tokens
+    w*T .. w*T + T, so each token after the first is a target in exactly one window. Returns the windows
+    (count, T + 1) int32, zero-padded past the end (padding comes after every real token: causal attention
+    never lets a counted target see it), and `counted` (count, T): which targets exist."""
+    index = (first + np.arange(count))[:, None] * block_size + np.arange(block_size + 1)  # (count, T + 1)
+    inside = index < len(tokens)
+    windows = np.where(inside, tokens[np.minimum(index, len(tokens) - 1)], 0).astype(np.int32)
+    return windows, inside[:, 1:]
+
+
 def get_batch(key: jax.Array, data: jax.Array, batch_size: int, block_size: int) -> tuple[jax.Array, jax.Array]:
     """Random contexts x (B, T) and their next-token targets y (B, T), drawn on device (jittable)."""
-    ix = jax.random.randint(key, (batch_size,), 0, data.shape[0] - block_size)  # (B,) start offsets
-    offsets = ix[:, None] + jnp.arange(block_size)  # (B, T)
-    return data[offsets], data[offsets + 1]
+    windows = gather_windows(data, window_offsets(key, data.shape[0], (batch_size,), block_size), block_size)
+    return windows[:, :-1], windows[:, 1:]  # (B, T) each

@@ -89,7 +89,11 @@ class Placement:
     @property
     def batch(self) -> NamedSharding:
         """Rows split over the batch axes: (B, T) -> (B / shards, T) per device."""
-        return NamedSharding(self.mesh, PartitionSpec(BATCH_AXES))
+        return self.batch_along(0)
+
+    def batch_along(self, axis: int) -> NamedSharding:
+        """Arrays whose axis `axis` holds the batch rows, e.g. a call's windows (K, A, B, T + 1) with axis 2."""
+        return NamedSharding(self.mesh, PartitionSpec(*(None,) * axis, BATCH_AXES))
 
     def constrain_batch(self, *arrays: jax.Array) -> tuple[jax.Array, ...]:
         """Inside jit: ask the compiler to split these (B, ...) arrays over the batch axes."""

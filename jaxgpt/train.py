@@ -28,9 +28,10 @@ from tqdm.auto import tqdm
 from jaxgpt import sharding
 from jaxgpt.checkpoint import RunCheckpoints
 from jaxgpt.config import TrainConfig, resume_changes
-from jaxgpt.data import Dataset, get_batch, load_dataset
+from jaxgpt.data import Dataset, consecutive_windows, eval_offsets, gather_windows, load_dataset, train_offsets
 from jaxgpt.errors import JaxgptError, UsageError
 from jaxgpt.interrupt import StopRequest
+from jaxgpt.keys import INIT_STREAM, SAMPLE_STREAM, eval_keys, step_keys, stream_key
 from jaxgpt.mfu import device_peak_flops, mfu
 from jaxgpt.model import LanguageModel, build_model, count_params, init_params
 from jaxgpt.optim import learning_rate_schedule, make_optimizer
@@ -38,9 +39,8 @@ from jaxgpt.plot import write_loss_plot
 from jaxgpt.rundir import RunDir
 from jaxgpt.sample import generate
 
-# Independent streams derived from the seed.
-INIT_STREAM, TRAIN_STREAM, EVAL_STREAM, SAMPLE_STREAM = range(4)
 PROGRESS_EVERY = 50  # steps between progress-bar loss readings
+FULL_EVAL_BATCHES = 16  # batches of consecutive windows per compiled call of the whole-split loss
 
 
 class TrainState(struct.PyTreeNode):
@@ -58,102 +58,122 @@ class TrainState(struct.PyTreeNode):
                    first_bad_step=jnp.full((), -1, jnp.int32))
 
 
-def stream_key(seed: int, stream: int) -> jax.Array:
-    return jax.random.fold_in(jax.random.key(seed), stream)
-
-
 def all_finite(tree) -> jax.Array:
     """() bool: no NaN or inf in any leaf of `tree`."""
     return jnp.stack([jnp.isfinite(leaf).all() for leaf in jax.tree_util.tree_leaves(tree)]).all()
 
 
+def token_losses(logits: jax.Array, targets: jax.Array) -> jax.Array:
+    """(B, T) next-token cross-entropies of logits (B, T, V), computed in float32."""
+    return optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), targets)
+
+
 def cross_entropy(logits: jax.Array, targets: jax.Array) -> jax.Array:
     """Mean next-token cross-entropy, as F.cross_entropy on (B*T, V), computed in float32."""
-    return optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), targets).mean()
+    return token_losses(logits, targets).mean()
 
 
 def make_train_step(config: TrainConfig, model: LanguageModel, tx: optax.GradientTransformation,
-                    placement: sharding.Placement) -> Callable:
-    """state, train_data -> (state, loss): `steps_per_call` times (once for 0, the automatic choice, which `Run`
+                    placement: sharding.Placement, host_windows: bool = False) -> Callable:
+    """state, data -> (state, loss): `steps_per_call` times (once for 0, the automatic choice, which `Run`
     resolves) batch, forward, backward and optimizer update.
+
+    `data` is the train split on the device (N,), from which the call draws its steps' windows, or with
+    `host_windows` those windows (K, A, B, T + 1) gathered on the host (jaxgpt.loader) from the same offsets
+    (`data.train_offsets`): the two give the same steps.
 
     One compiled call; several steps run in a `lax.scan` (less dispatch overhead), each with the keys of its
     own step, so the result is the same as calling a one-step function that many times. `loss` is the last step's.
-    The batch is drawn whole (the same on any mesh) and split over the data axes; the state keeps `placement`.
+    With `grad_accum` A > 1 a step's A micro-batches of B rows go forward and backward one after the other (a
+    `lax.scan`: the memory of one micro-batch) and their mean gradient makes one update, equal to one batch of
+    A * B rows. The batch is drawn whole (the same on any mesh) and split over the data axes; the state keeps
+    `placement`.
 
     The first step whose loss or updated params are not finite is recorded in `first_bad_step`, which the
     host reads only where it waits for the device anyway (progress, evaluation, checkpoints) and before any
     save: a diverged state is never written. Checking the params covers the gradients: AdamW turns a NaN or
     inf gradient into a NaN update.
     """
+    K, A, B, T = max(config.steps_per_call, 1), config.grad_accum, config.batch_size, config.block_size
 
-    def loss_fn(params, x, y, dropout_key):
+    def loss_fn(params, windows, dropout_key):  # windows (B, T + 1)
+        x, y = placement.constrain_batch(windows[:, :-1], windows[:, 1:])  # (B, T) each
         logits = model.apply({"params": params}, x, deterministic=False, rngs={"dropout": dropout_key})
         return cross_entropy(logits, y)
 
-    def train_step(state: TrainState, train_data: jax.Array) -> tuple[TrainState, jax.Array]:
-        train_key = stream_key(config.seed, TRAIN_STREAM)
-        batch_key, dropout_key = jax.random.split(jax.random.fold_in(train_key, state.step))
-        x, y = get_batch(batch_key, train_data, config.batch_size, config.block_size)  # (B, T) each
-        x, y = placement.constrain_batch(x, y)
-        loss, grads = jax.value_and_grad(loss_fn)(state.params, x, y, dropout_key)
+    def loss_and_grads(params, windows, dropout_key):  # windows (A, B, T + 1)
+        if A == 1:
+            return jax.value_and_grad(loss_fn)(params, windows[0], dropout_key)
+
+        def accumulate(total, micro_batch):
+            return jax.tree_util.tree_map(jnp.add, total, jax.value_and_grad(loss_fn)(params, *micro_batch)), None
+
+        zeros = jax.tree_util.tree_map(jnp.zeros_like, (jnp.zeros((), jnp.float32), params))
+        total, _ = jax.lax.scan(accumulate, zeros, (windows, jax.random.split(dropout_key, A)))
+        return jax.tree_util.tree_map(lambda t: t / A, total)  # (mean loss, mean gradient)
+
+    def train_step(state: TrainState, windows: jax.Array) -> tuple[TrainState, jax.Array]:
+        _, dropout_key = step_keys(config.seed, state.step)
+        loss, grads = loss_and_grads(state.params, windows, dropout_key)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         bad = ~jnp.isfinite(loss) | ~all_finite(params)  # a NaN/inf gradient makes the AdamW update NaN too
         first_bad_step = jnp.where(bad & (state.first_bad_step < 0), state.step, state.first_bad_step)
         return TrainState(step=state.step + 1, params=params, opt_state=opt_state, first_bad_step=first_bad_step), loss
 
-    def train_steps(state: TrainState, train_data: jax.Array) -> tuple[TrainState, jax.Array]:
-        if config.steps_per_call <= 1:
-            return train_step(state, train_data)
-        state, losses = jax.lax.scan(lambda s, _: train_step(s, train_data), state, length=config.steps_per_call)
+    def train_steps(state: TrainState, data: jax.Array) -> tuple[TrainState, jax.Array]:
+        if host_windows:
+            windows = data
+        else:
+            offsets = train_offsets(config.seed, state.step + jnp.arange(K), data.shape[0], A, B, T)  # (K, A, B)
+            windows = jax.lax.with_sharding_constraint(gather_windows(data, offsets, T), placement.batch_along(2))
+        if K == 1:
+            return train_step(state, windows[0])
+        state, losses = jax.lax.scan(train_step, state, windows)
         return state, losses[-1]
 
-    shardings = (placement.state, placement.replicated)
-    return jax.jit(train_steps, in_shardings=shardings, out_shardings=shardings, donate_argnums=0)
+    data_sharding = placement.batch_along(2) if host_windows else placement.replicated
+    return jax.jit(train_steps, in_shardings=(placement.state, data_sharding),
+                   out_shardings=(placement.state, placement.replicated), donate_argnums=0)
 
 
-def make_estimate_loss(config: TrainConfig, model: LanguageModel, placement: sharding.Placement) -> Callable:
-    """params, data, key -> mean loss over `eval_iters` random batches (dropout off), one compiled call."""
+def split_sums(logits: jax.Array, targets: jax.Array, counted: jax.Array, token_bytes: jax.Array) -> jax.Array:
+    """(4,) float32 sums over the `counted` positions of logits (B, T, V) and targets (B, T): the loss, the
+    tokens, the loss of the targets that stand for text bytes (not special tokens) and those bytes. They add up
+    over batches into the mean loss (sum / tokens) and the bits per byte (sum / (ln 2 * bytes))."""
+    losses = token_losses(logits, targets)  # (B, T)
+    n_bytes = jnp.where(counted, token_bytes[targets], 0).astype(jnp.float32)  # (B, T)
+    return jnp.stack([jnp.where(counted, losses, 0.0).sum(), counted.sum().astype(jnp.float32),
+                      jnp.where(n_bytes > 0, losses, 0.0).sum(), n_bytes.sum()])
+
+
+def loss_and_bpb(sums) -> tuple[float, float]:
+    """(mean loss in nats per token, bits per UTF-8 byte) from `split_sums` added up."""
+    loss_sum, tokens, byte_loss_sum, n_bytes = (float(v) for v in np.asarray(sums, np.float64))
+    return loss_sum / tokens, byte_loss_sum / (math.log(2) * n_bytes) if n_bytes else math.nan
+
+
+def make_split_sums(model: LanguageModel, placement: sharding.Placement) -> Callable:
+    """params, windows (I, B, T + 1), counted (I, B, T), token_bytes (V,) -> `split_sums` over the I batches
+    (dropout off), one compiled call; `counted` marks the positions whose target is scored."""
 
     @jax.jit
-    def estimate_loss(params, data: jax.Array, key: jax.Array) -> jax.Array:
-        def batch_loss(_, batch_key):
-            x, y = placement.constrain_batch(*get_batch(batch_key, data, config.batch_size, config.block_size))
-            return None, cross_entropy(model.apply({"params": params}, x), y)
+    def sums_of_batches(params, windows: jax.Array, counted: jax.Array, token_bytes: jax.Array) -> jax.Array:
+        def add_batch(total, batch):
+            windows, counted = batch
+            x, y = placement.constrain_batch(windows[:, :-1], windows[:, 1:])  # (B, T) each
+            return total + split_sums(model.apply({"params": params}, x), y, counted, token_bytes), None
 
-        _, losses = jax.lax.scan(batch_loss, None, jax.random.split(key, config.eval_iters))
-        return losses.mean()
+        total, _ = jax.lax.scan(add_batch, jnp.zeros(4, jnp.float32), (windows, counted))
+        return total
 
-    return estimate_loss
+    return sums_of_batches
 
 
-def make_full_loss(config: TrainConfig, model: LanguageModel, placement: sharding.Placement) -> Callable:
-    """params, data -> the mean next-token loss over all of `data` (N,): every token after the first is predicted
-    once, from the tokens before it in its block_size window; windows are consecutive, batch_size per compiled
-    scan step. Deterministic: no key, the same value for any batch size or device count."""
-    T, B = config.block_size, config.batch_size
-
-    @jax.jit
-    def full_loss(params, data: jax.Array) -> jax.Array:
-        n = data.shape[0] - 1  # predicted tokens
-        n_batches = -(-n // (B * T))
-        padded = jnp.pad(data, (0, n_batches * B * T + 1 - data.shape[0]))  # zeros after the end: never context
-        x = padded[:-1].reshape(n_batches, B, T)  # (batches, B, T) consecutive windows
-        y = padded[1:].reshape(n_batches, B, T)
-        counted = (jnp.arange(n_batches * B * T) < n).reshape(n_batches, B, T)
-
-        def batch_loss(total, batch):
-            x, y, counted = batch
-            x, y = placement.constrain_batch(x, y)
-            logits = model.apply({"params": params}, x).astype(jnp.float32)  # (B, T, V)
-            losses = optax.softmax_cross_entropy_with_integer_labels(logits, y)  # (B, T)
-            return total + jnp.where(counted, losses, 0.0).sum(), None
-
-        total, _ = jax.lax.scan(batch_loss, jnp.zeros((), jnp.float32), (x, y, counted))
-        return total / n
-
-    return full_loss
+def _draw_eval_windows(eval_iters: int, batch_size: int, block_size: int, data: jax.Array,
+                       key: jax.Array) -> jax.Array:
+    """(eval_iters, B, T + 1) random windows of the split `data` on the device (`data.eval_offsets`)."""
+    return gather_windows(data, eval_offsets(key, data.shape[0], eval_iters, batch_size, block_size), block_size)
 
 
 # steps_per_call=0 (the default) chooses from the model's size: about AUTO_CALL_FLOPS of training work per compiled
@@ -242,8 +262,11 @@ class Run:
         self.best_val_loss = self.checkpoints.best_val_loss()
         self.train_data = self.placement.replicate(self.dataset.train)
         self.val_data = self.placement.replicate(self.dataset.val)
-        self._estimate_loss = make_estimate_loss(self.config, self.model, self.placement)
-        self._full_loss = make_full_loss(self.config, self.model, self.placement)
+        self.token_bytes = self.placement.replicate(self.dataset.tokenizer.token_bytes())
+        self._split_sums = make_split_sums(self.model, self.placement)
+        self._eval_windows = jax.jit(functools.partial(
+            _draw_eval_windows, self.config.eval_iters, self.config.batch_size, self.config.block_size),
+            out_shardings=self.placement.batch_along(1))
         # Compiled at the first step() for the steps per call that keep every evaluation and checkpoint from
         # there on a call boundary.
         self._train_step: Callable | None = None
@@ -313,20 +336,47 @@ class Run:
     def tokens_per_sec(self) -> float | None:
         """Training throughput since the clock was last reset (at the first step and after each evaluation)."""
         seconds, steps = time.perf_counter() - self._clock[0], self.step_count - self._clock[1]
-        return self.config.batch_size * self.config.block_size * steps / seconds if steps else None
+        return self.tokens_per_step * steps / seconds if steps else None
+
+    @property
+    def tokens_per_step(self) -> int:
+        return self.config.grad_accum * self.config.batch_size * self.config.block_size
+
+    def sampled_loss(self, data: jax.Array, key: jax.Array) -> tuple[float, float]:
+        """(mean loss, bits per byte) over `eval_iters` random batches of the split `data` drawn with `key`."""
+        windows = self._eval_windows(data, key)  # (eval_iters, B, T + 1)
+        counted = jnp.ones(windows[..., 1:].shape, bool)
+        return loss_and_bpb(self._split_sums(self.state.params, windows, counted, self.token_bytes))
+
+    def full_loss(self, tokens: np.ndarray) -> tuple[float, float]:
+        """(mean loss, bits per byte) over the whole split `tokens` (N,): every token after the first is predicted
+        once, from the tokens before it in its block_size window; windows are consecutive, FULL_EVAL_BATCHES
+        batches per compiled call. Deterministic: no key."""
+        B, T = self.config.batch_size, self.config.block_size
+        per_call = FULL_EVAL_BATCHES * B
+        total = np.zeros(4)
+        for first in range(0, -(-(len(tokens) - 1) // T), per_call):
+            windows, counted = consecutive_windows(tokens, first, per_call, T)  # (per_call, T + 1), (per_call, T)
+            windows = self.placement.replicate(windows.reshape(FULL_EVAL_BATCHES, B, T + 1))
+            counted = self.placement.replicate(counted.reshape(FULL_EVAL_BATCHES, B, T))
+            total += np.asarray(self._split_sums(self.state.params, windows, counted, self.token_bytes), np.float64)
+        return loss_and_bpb(total)
 
     def evaluate(self) -> dict[str, float | None]:
         """Train and val loss at the current step, log and record them: `eval_iters` random batches each, or with
-        `eval_mode="full"` the val loss over the whole val split (`make_full_loss`)."""
+        `eval_mode="full"` the val loss over the whole val split (`full_loss`); the val loss also in bits per
+        UTF-8 byte of text (`val_bpb`), which compares runs with different tokenizers."""
         self.raise_if_diverged()
         step, tokens_per_sec = self.step_count, self.tokens_per_sec()
-        step_key = jax.random.fold_in(stream_key(self.config.seed, EVAL_STREAM), step)
-        train_key, val_key = jax.random.fold_in(step_key, 0), jax.random.fold_in(step_key, 1)
+        train_key, val_key = eval_keys(self.config.seed, step)
+        train_loss, _ = self.sampled_loss(self.train_data, train_key)
+        val_loss, val_bpb = (self.full_loss(self.dataset.val) if self.config.eval_mode == "full"
+                             else self.sampled_loss(self.val_data, val_key))
         record = {
             "step": step,
-            "train_loss": float(self._estimate_loss(self.state.params, self.train_data, train_key)),
-            "val_loss": float(self._full_loss(self.state.params, self.val_data) if self.config.eval_mode == "full"
-                              else self._estimate_loss(self.state.params, self.val_data, val_key)),
+            "train_loss": train_loss,
+            "val_loss": val_loss,
+            "val_bpb": val_bpb,
             "tokens_per_sec": tokens_per_sec,
             "mfu": mfu(tokens_per_sec, *self._flops()) if tokens_per_sec else None,
             "learning_rate": float(learning_rate_schedule(self.config)(step)),
@@ -345,7 +395,7 @@ class Run:
 
     def flops_per_step(self) -> float:
         """Training FLOPs of one optimizer step (nanoGPT's estimate: 6N + 12LCT per token)."""
-        return self.model.flops_per_token(self.n_params) * self.config.batch_size * self.config.block_size
+        return self.model.flops_per_token(self.n_params) * self.tokens_per_step
 
     def _flops(self) -> tuple[float, float | None]:
         """(training FLOPs per token, peak FLOP/s of all devices: --peak_flops or the known-devices table)."""

@@ -31,10 +31,11 @@ from torch_models import layout_config, random_params, torch_grads, torch_logits
 from jaxgpt import sharding
 from jaxgpt.config import TrainConfig
 from jaxgpt.data import get_batch
+from jaxgpt.keys import step_keys
 from jaxgpt.layers import Dropout
 from jaxgpt.model import GPT, GPTConfig
 from jaxgpt.optim import make_optimizer
-from jaxgpt.train import TRAIN_STREAM, TrainState, cross_entropy, make_train_step, stream_key
+from jaxgpt.train import TrainState, cross_entropy, make_train_step
 
 RTOL = 1e-5  # logits, loss, gradients: float32 on both sides is ~1e-6 from float64 (measured), 10x margin
 TRAIN_RTOL = 1e-4  # losses over TRAIN_STEPS steps of AdamW
@@ -246,7 +247,7 @@ def test_train_step_matches_pytorch_training(shakespeare_text):
     model.load_state_dict(torch_state_dict(params, config.model, "lecture"))
     optimizer = torch.optim.AdamW(model.parameters(), lr=LR)
     for i in range(TRAIN_STEPS):
-        batch_key, _ = jax.random.split(jax.random.fold_in(stream_key(config.seed, TRAIN_STREAM), i))
+        batch_key, _ = step_keys(config.seed, i)
         x, y = get_batch(batch_key, data, config.batch_size, config.block_size)  # the batch train_step draws
         state, loss = train_step(state, data)
         optimizer.zero_grad()

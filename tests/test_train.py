@@ -125,3 +125,72 @@ def test_full_val_loss_is_every_window_once_whatever_the_batch(tmp_path, small_t
     with Run(other, log=lambda _: None) as run:
         run.state = run.state.replace(params=params)
         assert abs(run.evaluate()["val_loss"] - expected) < 1e-5 * expected
+
+
+def _train_steps(config, data, steps: int):
+    """`steps` compiled steps of `config` from the seed's init, on the device tokens `data`; (state, losses)."""
+    from jaxgpt import sharding
+    from jaxgpt.model import build_model, init_params
+    from jaxgpt.optim import make_optimizer
+    from jaxgpt.train import TrainState, make_train_step
+
+    model, tx = build_model(config.model), make_optimizer(config)
+    state = TrainState.fresh(init_params(config.model, jax.random.key(config.seed)), tx)
+    placement = sharding.Placement.for_state(sharding.make_mesh(1, jax.devices()[:1]), state)
+    step, losses = make_train_step(config, model, tx, placement), []
+    for _ in range(steps):
+        state, loss = step(state, data)
+        losses.append(float(loss))
+    return state, losses
+
+
+def _accum_config(batch_size: int, grad_accum: int, **overrides):
+    base = load_config("tiny")
+    model = dataclasses.replace(base.model, vocab_size=11, dtype="float32", dropout=0.0, **overrides)
+    return dataclasses.replace(base, model=model, batch_size=batch_size, grad_accum=grad_accum, steps_per_call=1)
+
+
+def test_grad_accumulation_equals_one_big_batch():
+    """4 micro-batches of 3 rows make the same optimizer steps as one batch of 12: the same windows (a step draws
+    its A x B offsets at once) and the mean of the micro-batches' mean gradients is the big batch's mean gradient."""
+    data = jax.random.randint(jax.random.key(0), (3000,), 0, 11)
+    accumulated, accumulated_losses = _train_steps(_accum_config(3, 4), data, steps=5)
+    big, big_losses = _train_steps(_accum_config(12, 1), data, steps=5)
+    np.testing.assert_allclose(accumulated_losses, big_losses, rtol=1e-5)
+    for a, b in zip(jax.tree_util.tree_leaves(accumulated.params), jax.tree_util.tree_leaves(big.params),
+                    strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+    smaller, _ = _train_steps(_accum_config(3, 1), data, steps=5)  # not a tautology: one micro-batch differs
+    assert not np.allclose(jax.tree_util.tree_leaves(smaller.params)[0], jax.tree_util.tree_leaves(big.params)[0])
+
+
+def test_grad_accumulation_keeps_the_memory_of_one_micro_batch():
+    """XLA's own count of the compiled step's temporary buffers: 4 micro-batches of 8 rows need about what one
+    micro-batch needs, and far less than one batch of 32 rows (benchmarks/RESULTS.md has the figures)."""
+    from jaxgpt import sharding
+    from jaxgpt.model import build_model, init_params
+    from jaxgpt.optim import make_optimizer
+    from jaxgpt.train import TrainState, make_train_step
+
+    def temp_bytes(batch_size: int, grad_accum: int) -> int:
+        config = _accum_config(batch_size, grad_accum, block_size=64, n_embd=64, n_head=4)
+        model, tx = build_model(config.model), make_optimizer(config)
+        state = jax.eval_shape(lambda: TrainState.fresh(init_params(config.model, jax.random.key(0)), tx))
+        placement = sharding.Placement.for_state(sharding.make_mesh(1, jax.devices()[:1]), state)
+        data = jax.ShapeDtypeStruct((3000,), np.int32)
+        step = make_train_step(config, model, tx, placement).lower(state, data).compile()
+        return step.memory_analysis().temp_size_in_bytes
+
+    one_micro, accumulated, big = temp_bytes(8, 1), temp_bytes(8, 4), temp_bytes(32, 1)
+    assert accumulated < 1.5 * one_micro
+    assert accumulated < 0.5 * big
+
+
+def test_grad_accumulation_trains_and_counts_its_tokens(tmp_path, small_text_file):
+    from jaxgpt.train import Run
+
+    config = tiny(tmp_path, small_text_file, grad_accum=2, max_iters=10, eval_interval=10)
+    with Run(config, log=lambda _: None) as run:
+        assert run.tokens_per_step == 2 * config.batch_size * config.block_size
+        run.fit()
+    assert run.history[-1]["val_loss"] < run.history[0]["val_loss"]
