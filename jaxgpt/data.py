@@ -178,8 +178,9 @@ class Dataset:
     """Encoded text split into train/val token arrays, with its tokenizer."""
 
     tokenizer: CharTokenizer
-    train: np.ndarray  # (N_train,) int32
-    val: np.ndarray  # (N_val,) int32
+    train: np.ndarray  # (N_train,) int32, or a prepared dataset's np.memmap (uint16 or uint32)
+    val: np.ndarray  # (N_val,)
+    memory_mapped: bool = False  # too big for the devices: batches are gathered on the host (jaxgpt.loader)
 
     def fingerprint(self) -> str:
         """sha256 of the encoded text: a resumed run must train on the same tokens."""

@@ -32,6 +32,7 @@ from jaxgpt.data import Dataset, consecutive_windows, eval_offsets, gather_windo
 from jaxgpt.errors import JaxgptError, UsageError
 from jaxgpt.interrupt import StopRequest
 from jaxgpt.keys import INIT_STREAM, SAMPLE_STREAM, eval_keys, step_keys, stream_key
+from jaxgpt.loader import HostBatches
 from jaxgpt.mfu import device_peak_flops, mfu
 from jaxgpt.model import LanguageModel, build_model, count_params, init_params
 from jaxgpt.optim import learning_rate_schedule, make_optimizer
@@ -260,8 +261,13 @@ class Run:
         self.history: list[dict[str, float]] = []
         self.last_saved = self.checkpoints.latest_step()
         self.best_val_loss = self.checkpoints.best_val_loss()
-        self.train_data = self.placement.replicate(self.dataset.train)
-        self.val_data = self.placement.replicate(self.dataset.val)
+        # The splits on the devices (the step draws its windows there), or a prepared dataset's memory-mapped
+        # splits, whose windows the host gathers (jaxgpt.loader).
+        self.host_batches = (HostBatches(self.config, self.placement, self.dataset.train, self.dataset.val)
+                             if self.dataset.memory_mapped else None)
+        self.device_splits = {} if self.host_batches else {
+            "train": self.placement.replicate(self.dataset.train), "val": self.placement.replicate(self.dataset.val)}
+        self._steps_done = 0  # the host's copy of state.step, so that a step does not wait to read the device's
         self.token_bytes = self.placement.replicate(self.dataset.tokenizer.token_bytes())
         self._split_sums = make_split_sums(self.model, self.placement)
         self._eval_windows = jax.jit(functools.partial(
@@ -298,6 +304,8 @@ class Run:
     def close(self) -> None:
         """Wait for the checkpoints being written, then release them and the run directory."""
         try:
+            if self.host_batches:
+                self.host_batches.close()
             self.checkpoints.close()
         finally:
             self.run_dir.release()
@@ -320,18 +328,29 @@ class Run:
         if self._train_step is None:
             self.steps_per_call = resolved_steps_per_call(self.config, self.flops_per_step(), self.step_count)
             config = dataclasses.replace(self.config, steps_per_call=self.steps_per_call)
-            train_step = make_train_step(config, self.model, self.tx, self.placement)
-            self._train_step = train_step.lower(self.state, self.train_data).compile()
+            train_step = make_train_step(config, self.model, self.tx, self.placement, bool(self.host_batches))
+            self._train_step = train_step.lower(self.state, self._train_input(abstract=True)).compile()
             self._reset_clock()  # throughput counts from here, without the compilation
         return self._train_step
 
     def step(self) -> jax.Array:
         """`steps_per_call` optimizer steps in one compiled call; returns the last one's loss (still on device)."""
-        self.state, loss = self.compile()(self.state, self.train_data)
+        train_step = self.compile()
+        self.state, loss = train_step(self.state, self._train_input())
+        self._steps_done += self.steps_per_call
         return loss
 
     def _reset_clock(self) -> None:
         self._clock = (time.perf_counter(), int(self.state.step))
+        if self.host_batches:
+            self.host_batches.wait_seconds = 0.0
+
+    def data_wait(self) -> float | None:
+        """The fraction of the time since the clock was last reset that the steps waited for host-gathered windows
+        (None on the on-device path, which never waits)."""
+        if not self.host_batches:
+            return None
+        return self.host_batches.wait_seconds / max(time.perf_counter() - self._clock[0], 1e-9)
 
     def tokens_per_sec(self) -> float | None:
         """Training throughput since the clock was last reset (at the first step and after each evaluation)."""
@@ -342,9 +361,21 @@ class Run:
     def tokens_per_step(self) -> int:
         return self.config.grad_accum * self.config.batch_size * self.config.block_size
 
-    def sampled_loss(self, data: jax.Array, key: jax.Array) -> tuple[float, float]:
-        """(mean loss, bits per byte) over `eval_iters` random batches of the split `data` drawn with `key`."""
-        windows = self._eval_windows(data, key)  # (eval_iters, B, T + 1)
+    def _train_input(self, abstract: bool = False) -> jax.Array | jax.ShapeDtypeStruct:
+        """What the compiled step takes besides the state: the train split on the devices, or the windows of the
+        next `steps_per_call` steps gathered on the host."""
+        if not self.host_batches:
+            return self.device_splits["train"]
+        if abstract:
+            c = self.config
+            shape = (self.steps_per_call, c.grad_accum, c.batch_size, c.block_size + 1)
+            return jax.ShapeDtypeStruct(shape, jnp.int32, sharding=self.placement.batch_along(2))
+        return self.host_batches.train_windows(self._steps_done, self.steps_per_call)
+
+    def sampled_loss(self, split: str, key: jax.Array) -> tuple[float, float]:
+        """(mean loss, bits per byte) over `eval_iters` random batches of `split` ("train", "val") drawn with `key`."""
+        windows = (self.host_batches.eval_windows(split, key) if self.host_batches
+                   else self._eval_windows(self.device_splits[split], key))  # (eval_iters, B, T + 1)
         counted = jnp.ones(windows[..., 1:].shape, bool)
         return loss_and_bpb(self._split_sums(self.state.params, windows, counted, self.token_bytes))
 
@@ -367,17 +398,18 @@ class Run:
         `eval_mode="full"` the val loss over the whole val split (`full_loss`); the val loss also in bits per
         UTF-8 byte of text (`val_bpb`), which compares runs with different tokenizers."""
         self.raise_if_diverged()
-        step, tokens_per_sec = self.step_count, self.tokens_per_sec()
+        step, tokens_per_sec, data_wait = self.step_count, self.tokens_per_sec(), self.data_wait()
         train_key, val_key = eval_keys(self.config.seed, step)
-        train_loss, _ = self.sampled_loss(self.train_data, train_key)
+        train_loss, _ = self.sampled_loss("train", train_key)
         val_loss, val_bpb = (self.full_loss(self.dataset.val) if self.config.eval_mode == "full"
-                             else self.sampled_loss(self.val_data, val_key))
+                             else self.sampled_loss("val", val_key))
         record = {
             "step": step,
             "train_loss": train_loss,
             "val_loss": val_loss,
             "val_bpb": val_bpb,
             "tokens_per_sec": tokens_per_sec,
+            "data_wait": data_wait,
             "mfu": mfu(tokens_per_sec, *self._flops()) if tokens_per_sec else None,
             "learning_rate": float(learning_rate_schedule(self.config)(step)),
         }
@@ -443,6 +475,7 @@ class Run:
         step = jax.device_put(jnp.int32(restored.step), self.state.step.sharding)
         self.state = self.state.replace(step=step, params=restored.params, opt_state=restored.opt_state)
         self.last_saved, self._train_step = restored.step, None  # recompiled for the steps per call from here
+        self._steps_done = restored.step
         if self.is_main:
             self._write_run_files()
 
