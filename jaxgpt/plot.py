@@ -5,24 +5,34 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from jaxgpt.errors import UsageError
 from jaxgpt.rundir import RunDir
 
 
-def plot_runs(run_dirs: list[str | os.PathLike], output: str | os.PathLike) -> Path:
-    """Train (dashed) and val (solid) loss against step for each run, in one PNG. Needs matplotlib."""
+def plot_runs(run_dirs: list[str | os.PathLike], output: str | os.PathLike, metric: str = "loss") -> Path:
+    """Against step, for each run in one PNG: with metric "loss", train (dashed) and val (solid) loss; with "bpb",
+    val bits per UTF-8 byte, which compares runs with different tokenizers. Needs matplotlib."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    runs = [(Path(run_dir).name or str(run_dir), RunDir(run_dir).read_metrics()) for run_dir in run_dirs]
+    if metric == "bpb":
+        for label, records in runs:
+            if any(r.get("val_bpb") is None for r in records):
+                raise UsageError(f"run {label} has no val_bpb in its metrics (trained by an older jaxgpt); "
+                                 "plot it with --metric=loss")
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    for run_dir in run_dirs:
-        records = RunDir(run_dir).read_metrics()
+    for label, records in runs:
         steps = [r["step"] for r in records]
-        label = Path(run_dir).name or str(run_dir)
+        if metric == "bpb":
+            ax.plot(steps, [r["val_bpb"] for r in records], label=f"{label} val")
+            continue
         (line,) = ax.plot(steps, [r["val_loss"] for r in records], label=f"{label} val")
         ax.plot(steps, [r["train_loss"] for r in records], "--", color=line.get_color(), label=f"{label} train")
-    ax.set(xlabel="step", ylabel="cross-entropy loss", title="jaxgpt training")
+    ylabel = "bits per byte" if metric == "bpb" else "cross-entropy loss"
+    ax.set(xlabel="step", ylabel=ylabel, title="jaxgpt training")
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
