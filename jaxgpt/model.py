@@ -275,7 +275,7 @@ class GPT(nn.Module):
         if cfg.block_size < T:
             raise UsageError(f"sequence length {T} exceeds block_size {cfg.block_size}; crop the input")
         rolling = decode == "rolling"
-        if rolling and (cfg.position != "rope" or T != 1):
+        if rolling and (not has_rolling_cache(cfg) or T != 1):
             raise UsageError(f"decode='rolling' takes one token per call of a model with position='rope', got "
                              f"{T} tokens, position={cfg.position!r}")
         wte = nn.Embed(cfg.vocab_size, cfg.n_embd, embedding_init=_weight_init, name="token_embedding_table")
