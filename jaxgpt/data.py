@@ -1,4 +1,4 @@
-"""The dataset: where the text comes from, the character tokenizer, the split and batches.
+"""The dataset: where the text comes from, the split and batches (the tokenizers are in jaxgpt.tokenizers).
 
 Resolution order for the text file: an explicit path, then `$JAXGPT_DATA`, then the user cache,
 then a download of tiny Shakespeare (verified by sha256, written atomically into the cache).
@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import json
 import os
 import tempfile
 import urllib.error
@@ -21,6 +20,7 @@ import numpy as np
 import platformdirs
 
 from jaxgpt.errors import UsageError
+from jaxgpt.tokenizers import CharTokenizer
 
 SHAKESPEARE_URL = "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt"
 SHAKESPEARE_SHA256 = "86c4e6aa9db7c042ec79f339dcb96d42b0075e16b8fc2e86bf0ca57e2dc565ed"
@@ -98,61 +98,6 @@ def check_tokens(tokens, vocab_size: int, name: str = "tokens") -> np.ndarray:
 
 def _sha256(payload: bytes) -> str:
     return hashlib.sha256(payload).hexdigest()
-
-
-@dataclasses.dataclass(frozen=True)
-class CharTokenizer:
-    """The lecture's character-level tokenizer: token i is the i-th of the sorted distinct characters."""
-
-    chars: tuple[str, ...]
-
-    @classmethod
-    def from_text(cls, text: str) -> CharTokenizer:
-        return cls(tuple(sorted(set(text))))
-
-    @property
-    def vocab_size(self) -> int:
-        return len(self.chars)
-
-    @property
-    def stoi(self) -> dict[str, int]:
-        return {ch: i for i, ch in enumerate(self.chars)}
-
-    @property
-    def itos(self) -> dict[int, str]:
-        return dict(enumerate(self.chars))
-
-    def encode(self, text: str) -> list[int]:
-        stoi = self.stoi
-        unknown = sorted(set(text) - stoi.keys())
-        if unknown:
-            raise UsageError(f"characters not in the vocabulary: {''.join(unknown)!r} ({len(unknown)} distinct)")
-        return [stoi[ch] for ch in text]
-
-    def decode(self, ids) -> str:
-        return "".join(self.chars[int(i)] for i in ids)
-
-    def to_json(self) -> str:
-        return json.dumps({"chars": "".join(self.chars)}, ensure_ascii=False)
-
-    @classmethod
-    def from_json(cls, text: str) -> CharTokenizer:
-        """A tokenizer saved by `to_json`; ValueError unless it holds distinct characters in sorted order."""
-        chars = json.loads(text)["chars"]
-        if not isinstance(chars, str) or not chars:
-            raise ValueError("'chars' must be a non-empty string")
-        if list(chars) != sorted(set(chars)):
-            repeated = sorted({c for c in chars if chars.count(c) > 1})
-            problem = f"repeats {''.join(repeated)!r}" if repeated else "is not sorted"
-            raise ValueError(f"its character list {problem}; a vocabulary holds each character once, sorted")
-        return cls(tuple(chars))
-
-    def save(self, path: str | os.PathLike) -> None:
-        Path(path).write_text(self.to_json(), encoding="utf-8")
-
-    @classmethod
-    def load(cls, path: str | os.PathLike) -> CharTokenizer:
-        return cls.from_json(Path(path).read_text(encoding="utf-8"))
 
 
 def train_val_split(tokens: np.ndarray, block_size: int) -> tuple[np.ndarray, np.ndarray]:
