@@ -36,10 +36,11 @@ import numpy as np
 from tqdm import tqdm
 
 from jaxgpt.errors import UsageError
+from jaxgpt.rundir import TOKENIZER
 from jaxgpt.tokenizers import CharTokenizer, Tokenizer, gpt2_tokenizer, load_tokenizer, train_bpe
 
 FORMAT = "jaxgpt-tokens-1"
-TRAIN, VAL, TOKENIZER, META = "train.bin", "val.bin", "tokenizer.json", "meta.json"
+TRAIN, VAL, META = "train.bin", "val.bin", "meta.json"  # and rundir.TOKENIZER, the same file a run directory holds
 DTYPES = {"uint16": np.dtype("<u2"), "uint32": np.dtype("<u4")}
 READ_BYTES = 1 << 22  # bytes read from an input at a time
 PIECE_CHARS = 1 << 20  # about this many characters per piece handed to the encoder
@@ -126,8 +127,8 @@ def read_text_chunks(path: Path, reader: _HashingReader | None = None) -> Iterat
             try:
                 text = decoder.decode(data, final=not data)
             except UnicodeDecodeError as err:
-                where = "of its uncompressed text " if stream is not raw else ""
-                raise UsageError(f"{path} is not UTF-8 text (bad byte at offset {consumed - buffered + err.start:,} "
+                where = " of its uncompressed text" if stream is not raw else ""
+                raise UsageError(f"{path} is not UTF-8 text (bad byte at offset {consumed - buffered + err.start:,}"
                                  f"{where}); convert it to UTF-8") from None
             consumed += len(data)
             if first and text:
@@ -152,14 +153,16 @@ def _scan(path: Path, collect_chars: set[str] | None, bar: tqdm) -> Document:
     except OSError as err:
         raise UsageError(f"cannot read {path}: {err.strerror}") from None
     with raw:
-        reader, chars, text_bytes = _HashingReader(raw), 0, 0
+        reader, chars, text_bytes, shown = _HashingReader(raw), 0, 0, 0
         for text in read_text_chunks(path, reader):
             chars += len(text)
             text_bytes += len(text.encode("utf-8"))
             if collect_chars is not None:
                 collect_chars.update(text)
-            bar.update(reader.bytes - bar.n)
+            bar.update(reader.bytes - shown)
+            shown = reader.bytes
         sha256 = reader.finish()
+        bar.update(reader.bytes - shown)
         return Document(path, reader.bytes, sha256, chars, text_bytes, chars)
 
 
@@ -383,12 +386,10 @@ def prepare(inputs: Sequence[str], out: str | os.PathLike, tokenizer: str = "cha
     bar_args = {"unit": "B", "unit_scale": True, "file": sys.stderr, "disable": not progress, "dynamic_ncols": True}
 
     chars: set[str] | None = set() if tokenizer == "char" else None
-    docs = []
-    for path in train_paths + val_paths:
-        with tqdm(desc=f"checking {path.name}", total=path.stat().st_size, **bar_args) as bar:
-            doc = _scan(path, chars, bar)
-        split_at = 0 if path in val_set else doc.chars if val_set else int((1 - fraction) * doc.chars)
-        docs.append(dataclasses.replace(doc, split_at=split_at))
+    with tqdm(desc="checking", total=sum(p.stat().st_size for p in train_paths + val_paths), **bar_args) as bar:
+        scanned = [_scan(path, chars, bar) for path in train_paths + val_paths]
+    docs = [dataclasses.replace(doc, split_at=0 if doc.path in val_set else doc.chars if val_set else
+                                int((1 - fraction) * doc.chars)) for doc in scanned]
     train_chars, val_chars = sum(d.split_at for d in docs), sum(d.chars - d.split_at for d in docs)
     if train_chars == 0:
         raise UsageError(f"the train split is empty: the inputs hold {sum(d.chars for d in docs)} characters")

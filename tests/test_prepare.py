@@ -232,11 +232,11 @@ def test_a_non_utf8_byte_deep_in_an_input_is_named(tmp_path, monkeypatch):
     monkeypatch.setattr(prep, "READ_BYTES", 4096)
     data = ("é" * 100_000).encode("utf-8") + b"\xff" + b"x" * 1000  # the bad byte at offset 200,000
     (tmp_path / "big.txt").write_bytes(data)
-    with pytest.raises(UsageError, match=r"big.txt is not UTF-8 text \(bad byte at offset 200,000 \)"):
+    with pytest.raises(UsageError, match=r"big.txt is not UTF-8 text \(bad byte at offset 200,000\); convert it"):
         quiet([str(tmp_path / "big.txt")], tmp_path / "data")
     (tmp_path / "big.txt.gz").write_bytes(gzip.compress(data))
     with pytest.raises(UsageError, match=r"big.txt.gz is not UTF-8 text \(bad byte at offset 200,000 of its "
-                                         r"uncompressed text"):
+                                         r"uncompressed text\)"):
         quiet([str(tmp_path / "big.txt.gz")], tmp_path / "data")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["big.txt", "big.txt.gz"]
 
