@@ -225,14 +225,12 @@ def _bpe_sample(docs: list[Document], budget: int) -> Iterator[str]:
             taken += len(piece)
 
 
-def make_tokenizer(kind: str, vocab_size: int | None, train_docs: list[Document], chars: set[str],
-                   train_bytes: int, log: Callable[[str], None]) -> Tokenizer:
-    """The tokenizer named by `kind` (checked by `_check_args`): characters of all inputs, a BPE of `vocab_size`
-    trained on the training parts, or GPT-2's."""
+def _make_tokenizer(kind: str, vocab_size: int | None, train_docs: list[Document], chars: set[str],
+                    train_bytes: int, log: Callable[[str], None]) -> Tokenizer:
+    """The char or bpe tokenizer (`kind`, checked by `_check_args`): characters of all inputs, or a BPE of
+    `vocab_size` trained on the training parts."""
     if kind == "char":
         return CharTokenizer(tuple(sorted(chars)))
-    if kind == "gpt2":
-        return gpt2_tokenizer()
     log(f"training a BPE of {vocab_size} tokens on up to {train_bytes / 1e6:g}M characters of the training text")
     return train_bpe(_bpe_sample(train_docs, train_bytes), vocab_size)
 
@@ -378,6 +376,7 @@ def prepare(inputs: Sequence[str], out: str | os.PathLike, tokenizer: str = "cha
     out = Path(out).absolute()
     fraction = _check_args(tokenizer, vocab_size, dtype, val_fraction, bool(val_inputs), tokenizer_train_bytes)
     _check_out(out, overwrite)
+    gpt2 = gpt2_tokenizer() if tokenizer == "gpt2" else None  # before reading: offline, it fails at once
     train_paths = find_inputs(inputs)
     val_paths = find_inputs(val_inputs, "--val") if val_inputs else []
     if both := {p.resolve() for p in train_paths} & {p.resolve() for p in val_paths}:
@@ -397,8 +396,8 @@ def prepare(inputs: Sequence[str], out: str | os.PathLike, tokenizer: str = "cha
         raise UsageError("the val split is empty: " + ("the --val inputs hold no text" if val_paths else
                          f"--val_fraction={fraction} of {train_chars} characters leaves none to validate"))
 
-    tok = make_tokenizer(tokenizer, vocab_size, [d for d in docs if d.split_at], chars or set(),
-                         tokenizer_train_bytes, log)
+    tok = gpt2 or _make_tokenizer(tokenizer, vocab_size, [d for d in docs if d.split_at], chars or set(),
+                                  tokenizer_train_bytes, log)
     dtype_name = dtype if dtype != "auto" else "uint16" if tok.vocab_size <= 65536 else "uint32"
     _check_dtype(tok.vocab_size, dtype_name)
 

@@ -315,3 +315,21 @@ def test_killed_prepare_leaves_only_a_hidden_partial_dir(tmp_path, small_text_fi
     assert len(left) == 1 and left[0].startswith(".data.") and left[0].endswith(".partial")
     with pytest.raises(UsageError, match="is not a prepared dataset"):
         open_prepared(tmp_path / "data")
+
+
+def test_gpt2_datasets_hold_the_encoding_and_fail_early_offline(tmp_path, small_text_file, monkeypatch):
+    ranks = {bytes([i]): i for i in range(256)} | {b"th": 256, b"the": 257}
+    tiny = tiktoken.Encoding("gpt2", pat_str=GPT2_PATTERN, mergeable_ranks=ranks, special_tokens={EOT: 258})
+    monkeypatch.setattr(tiktoken, "get_encoding", lambda name: tiny)
+    meta = quiet([str(small_text_file)], tmp_path / "data", tokenizer="gpt2")
+    data = open_prepared(tmp_path / "data")
+    text = read_text(small_text_file)
+    assert (meta["tokenizer"], meta["vocab_size"], meta["eot_id"]) == ("tiktoken", 259, 258)
+    assert data.train.tolist() == [*tiny.encode_ordinary(text[:18_000]), 258]
+
+    def offline(name):
+        raise OSError("no network")
+
+    monkeypatch.setattr(tiktoken, "get_encoding", offline)
+    with pytest.raises(UsageError, match=r"GPT-2's encoding is not in tiktoken's cache .*\(no network\)"):
+        quiet([str(tmp_path / "not-read-yet.txt")], tmp_path / "other", tokenizer="gpt2")
