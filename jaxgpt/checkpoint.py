@@ -23,10 +23,10 @@ from orbax.checkpoint import checkpoint_managers
 
 from jaxgpt import sharding
 from jaxgpt.config import GPTConfig, TrainConfig
-from jaxgpt.data import CharTokenizer
 from jaxgpt.errors import JaxgptError, UsageError
 from jaxgpt.model import check_params
 from jaxgpt.rundir import RunDir
+from jaxgpt.tokenizers import Tokenizer
 
 
 def _manager(directory: Path, keep: int | None) -> ocp.CheckpointManager:
@@ -320,8 +320,7 @@ def _read_checkpoint_params(run_dir: RunDir, step: int | Literal["best"] | None)
     raise JaxgptError(f"no usable checkpoint in {run_dir}: {'; '.join(failures)}")
 
 
-def load(run: str | os.PathLike, step: int | Literal["best"] | None = None) -> tuple[TrainConfig, dict,
-                                                                                   CharTokenizer]:
+def load(run: str | os.PathLike, step: int | Literal["best"] | None = None) -> tuple[TrainConfig, dict, Tokenizer]:
     """(config, params, tokenizer) of a run directory, for sampling and notebooks.
 
     `step=None` gives the latest usable training checkpoint (or, in a directory of exported params, those);
@@ -343,7 +342,7 @@ def load(run: str | os.PathLike, step: int | Literal["best"] | None = None) -> t
     else:
         raise UsageError(f"{run_dir} has no checkpoints/ and no params/: the run saved no weights yet")
     if config.model.vocab_size != tokenizer.vocab_size:
-        raise UsageError(f"{run_dir}: {run_dir.tokenizer_file.name} has {tokenizer.vocab_size} characters but the "
+        raise UsageError(f"{run_dir}: {run_dir.tokenizer_file.name} has {tokenizer.vocab_size} tokens but the "
                          f"model expects vocab_size {config.model.vocab_size}")
     check_params(config.model, params, f"the params in {run_dir}")
     return config, params, tokenizer

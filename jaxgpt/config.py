@@ -157,7 +157,8 @@ class TrainConfig:
 
     model: GPTConfig = GPTConfig()
     # data and output
-    data_path: str | None = option(None, "UTF-8 text file to train on; none: $JAXGPT_DATA, the cache or a download")
+    data_path: str | None = option(None, "UTF-8 text file (character tokens) or a dataset directory from python -m "
+                                         "jaxgpt.prepare; none: $JAXGPT_DATA, the cache or a download")
     out_dir: str = option("out", "run directory: config, tokenizer, metrics, checkpoints, loss plot")
     overwrite: bool = option(False, "replace the run in a non-empty out_dir")
     resume: bool = option(False, "continue the run in out_dir from its latest usable checkpoint")
@@ -197,7 +198,8 @@ class TrainConfig:
     checkpoint_interval: int = option(500, "steps between checkpoints", positive)
     keep_checkpoints: int = option(3, "how many of the latest checkpoints to keep", positive)
     # reporting
-    sample_chars: int = option(500, "length of the sample printed at the end; 0: none", non_negative)
+    sample_chars: int = option(500, "tokens (characters with the char tokenizer) of the sample printed at the end; "
+                                    "0: none", non_negative)
     progress: bool = option(True, "progress bar between evaluations")
     peak_flops: float | None = option(None, "FLOP/s of all devices together, for MFU; none: look the devices up",
                                       positive)

@@ -28,10 +28,11 @@ from flax import traverse_util
 
 from jaxgpt import checkpoint
 from jaxgpt.config import GPTConfig, TrainConfig
-from jaxgpt.data import CharTokenizer, read_text, resolve_data_path
+from jaxgpt.data import read_text, resolve_data_path
 from jaxgpt.errors import UsageError
 from jaxgpt.model import check_params, count_params, param_shapes
 from jaxgpt.rundir import RunDir
+from jaxgpt.tokenizers import CharTokenizer, Tokenizer, gpt2_tokenizer, load_tokenizer
 
 Layout = Literal["lecture", "nanogpt", "hf"]
 LAYOUTS: tuple[Layout, ...] = ("lecture", "nanogpt", "hf")
@@ -329,21 +330,20 @@ def load_torch_checkpoint(path: str | os.PathLike) -> tuple[dict, dict[str, Any]
                      "save it with torch.save(model.state_dict(), path)")
 
 
-def load_tokenizer(path: str | None) -> tuple[CharTokenizer, Path | None]:
-    """(tokenizer, text it was built from): a tokenizer.json, or the characters of a text file (default: the
-    dataset: $JAXGPT_DATA, the cache or a download)."""
+def read_tokenizer(path: str | None) -> tuple[Tokenizer, Path | None]:
+    """(tokenizer, text it was built from): "gpt2" (GPT-2's encoding, for Hugging Face GPT-2), a tokenizer.json of
+    any kind, or the characters of a text file (default: the dataset: $JAXGPT_DATA, the cache or a download)."""
+    if path == "gpt2":
+        return gpt2_tokenizer(), None
     if path is not None and not Path(path).is_file():
         raise UsageError(f"--tokenizer {path} is not a file; give a text file or a tokenizer.json")
     if path is not None and path.endswith(".json"):
-        try:
-            return CharTokenizer.load(path), None
-        except (ValueError, KeyError, TypeError):
-            raise UsageError(f"{path} is not a jaxgpt tokenizer.json (expected {{\"chars\": \"...\"}})") from None
+        return load_tokenizer(path), None
     text_path = resolve_data_path(path)
     return CharTokenizer.from_text(read_text(text_path)), text_path
 
 
-def write_run_dir(out_dir: Path, config: TrainConfig, params, tokenizer: CharTokenizer, overwrite: bool) -> None:
+def write_run_dir(out_dir: Path, config: TrainConfig, params, tokenizer: Tokenizer, overwrite: bool) -> None:
     """config.json, tokenizer.json and params, written into a staging folder first and then moved into out_dir,
     which is locked against other writers (a training run) meanwhile."""
     if out_dir.exists() and not out_dir.is_dir():
@@ -378,9 +378,9 @@ def convert_checkpoint(model_path: str, out_dir: str, tokenizer_path: str | None
     layout = detect_layout(state_dict)
     n_head = n_head if n_head is not None else hints.get("n_head")
     model_config, params = from_torch_state_dict(state_dict, n_head=n_head, dropout=hints.get("dropout", 0.0))
-    tokenizer, text_path = load_tokenizer(tokenizer_path)
+    tokenizer, text_path = read_tokenizer(tokenizer_path)
     if tokenizer.vocab_size != model_config.vocab_size:
-        raise UsageError(f"the tokenizer has {tokenizer.vocab_size} characters but the model's vocabulary has "
+        raise UsageError(f"the tokenizer has {tokenizer.vocab_size} tokens but the model's vocabulary has "
                          f"{model_config.vocab_size} tokens; pass --tokenizer with the text the model was trained on")
     config = TrainConfig(model=model_config, data_path=None if text_path is None else str(text_path),
                          out_dir=str(out_dir))

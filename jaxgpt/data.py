@@ -1,4 +1,4 @@
-"""The dataset: where the text comes from, the character tokenizer, the split and batches.
+"""The dataset: where the text comes from, the split and batches (the tokenizers are in jaxgpt.tokenizers).
 
 Resolution order for the text file: an explicit path, then `$JAXGPT_DATA`, then the user cache,
 then a download of tiny Shakespeare (verified by sha256, written atomically into the cache).
@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import json
 import os
 import tempfile
 import urllib.error
@@ -22,6 +21,8 @@ import platformdirs
 
 from jaxgpt.errors import UsageError
 from jaxgpt.keys import step_keys
+from jaxgpt.prepare import open_prepared
+from jaxgpt.tokenizers import CharTokenizer, Tokenizer
 
 SHAKESPEARE_URL = "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt"
 SHAKESPEARE_SHA256 = "86c4e6aa9db7c042ec79f339dcb96d42b0075e16b8fc2e86bf0ca57e2dc565ed"
@@ -35,12 +36,14 @@ def cached_shakespeare_path() -> Path:
 
 
 def resolve_data_path(data_path: str | os.PathLike | None = None) -> Path:
-    """The text file to train on: `data_path`, else `$JAXGPT_DATA`, else the cache, else a download."""
+    """The text file (or prepared dataset directory) to train on: `data_path`, else `$JAXGPT_DATA`, else the cache,
+    else a download."""
     for explicit, origin in ((data_path, "--data_path"), (os.environ.get(DATA_ENV_VAR), f"${DATA_ENV_VAR}")):
         if explicit:
             path = Path(explicit).expanduser()
-            if not path.is_file():
-                raise UsageError(f"{origin} points to {str(path)!r}, which is not a file; give a UTF-8 text file")
+            if not (path.is_file() or path.is_dir()):
+                raise UsageError(f"{origin} points to {str(path)!r}, which does not exist; give a UTF-8 text file "
+                                 "or a dataset directory written by python -m jaxgpt.prepare")
             return path
     cached = cached_shakespeare_path()
     if cached.is_file() and _sha256(cached.read_bytes()) == SHAKESPEARE_SHA256:
@@ -101,97 +104,54 @@ def _sha256(payload: bytes) -> str:
     return hashlib.sha256(payload).hexdigest()
 
 
-@dataclasses.dataclass(frozen=True)
-class CharTokenizer:
-    """The lecture's character-level tokenizer: token i is the i-th of the sorted distinct characters."""
-
-    chars: tuple[str, ...]
-
-    @classmethod
-    def from_text(cls, text: str) -> CharTokenizer:
-        return cls(tuple(sorted(set(text))))
-
-    @property
-    def vocab_size(self) -> int:
-        return len(self.chars)
-
-    @property
-    def stoi(self) -> dict[str, int]:
-        return {ch: i for i, ch in enumerate(self.chars)}
-
-    @property
-    def itos(self) -> dict[int, str]:
-        return dict(enumerate(self.chars))
-
-    def encode(self, text: str) -> list[int]:
-        stoi = self.stoi
-        unknown = sorted(set(text) - stoi.keys())
-        if unknown:
-            raise UsageError(f"characters not in the vocabulary: {''.join(unknown)!r} ({len(unknown)} distinct)")
-        return [stoi[ch] for ch in text]
-
-    def decode(self, ids) -> str:
-        return "".join(self.chars[int(i)] for i in ids)
-
-    def token_bytes(self) -> np.ndarray:
-        """(vocab_size,) int32: the UTF-8 bytes of each token's character."""
-        return np.array([len(ch.encode("utf-8")) for ch in self.chars], np.int32)
-
-    def to_json(self) -> str:
-        return json.dumps({"chars": "".join(self.chars)}, ensure_ascii=False)
-
-    @classmethod
-    def from_json(cls, text: str) -> CharTokenizer:
-        """A tokenizer saved by `to_json`; ValueError unless it holds distinct characters in sorted order."""
-        chars = json.loads(text)["chars"]
-        if not isinstance(chars, str) or not chars:
-            raise ValueError("'chars' must be a non-empty string")
-        if list(chars) != sorted(set(chars)):
-            repeated = sorted({c for c in chars if chars.count(c) > 1})
-            problem = f"repeats {''.join(repeated)!r}" if repeated else "is not sorted"
-            raise ValueError(f"its character list {problem}; a vocabulary holds each character once, sorted")
-        return cls(tuple(chars))
-
-    def save(self, path: str | os.PathLike) -> None:
-        Path(path).write_text(self.to_json(), encoding="utf-8")
-
-    @classmethod
-    def load(cls, path: str | os.PathLike) -> CharTokenizer:
-        return cls.from_json(Path(path).read_text(encoding="utf-8"))
-
-
-def train_val_split(tokens: np.ndarray, block_size: int) -> tuple[np.ndarray, np.ndarray]:
-    """First 90% for training, the rest for validation; each must hold at least block_size + 1 tokens."""
-    n = int(TRAIN_FRACTION * len(tokens))
-    train, val = tokens[:n], tokens[n:]
+def check_split_lengths(train: np.ndarray, val: np.ndarray, block_size: int) -> None:
+    """Each split must hold at least block_size + 1 tokens (one window)."""
     for name, split in (("train", train), ("val", val)):
         if len(split) < block_size + 1:
             raise UsageError(
                 f"the {name} split has {len(split)} tokens but block_size {block_size} needs at least "
                 f"{block_size + 1}; use a longer text or a smaller --block_size"
             )
+
+
+def train_val_split(tokens: np.ndarray, block_size: int) -> tuple[np.ndarray, np.ndarray]:
+    """First 90% for training, the rest for validation; each must hold at least block_size + 1 tokens."""
+    n = int(TRAIN_FRACTION * len(tokens))
+    train, val = tokens[:n], tokens[n:]
+    check_split_lengths(train, val, block_size)
     return train, val
 
 
 @dataclasses.dataclass(frozen=True)
 class Dataset:
-    """Encoded text split into train/val token arrays, with its tokenizer."""
+    """Token ids split into train/val arrays, with their tokenizer."""
 
-    tokenizer: CharTokenizer
+    tokenizer: Tokenizer
     train: np.ndarray  # (N_train,) int32, or a prepared dataset's np.memmap (uint16 or uint32)
     val: np.ndarray  # (N_val,)
     memory_mapped: bool = False  # too big for the devices: batches are gathered on the host (jaxgpt.loader)
+    prepared_sha256: str | None = None  # a prepared dataset's fingerprint, from its meta.json's sha256s
 
     def fingerprint(self) -> str:
-        """sha256 of the encoded text: a resumed run must train on the same tokens."""
+        """sha256 of the tokens (of a text file) or of the prepared dataset's files: a resumed run must train on
+        the same tokens."""
+        if self.prepared_sha256:
+            return self.prepared_sha256
         digest = hashlib.sha256(np.ascontiguousarray(self.train).tobytes())
         digest.update(np.ascontiguousarray(self.val).tobytes())
         return digest.hexdigest()
 
 
 def load_dataset(data_path: str | os.PathLike | None, block_size: int) -> Dataset:
-    """Resolve, read, tokenize and split the training text."""
-    text = read_text(resolve_data_path(data_path))
+    """A text file read, tokenized by characters and split (kept on the devices for training), or a dataset
+    prepared by `python -m jaxgpt.prepare`, checked against its meta.json and memory-mapped."""
+    path = resolve_data_path(data_path)
+    if path.is_dir():
+        prepared = open_prepared(path)
+        check_split_lengths(prepared.train, prepared.val, block_size)
+        return Dataset(prepared.tokenizer, prepared.train, prepared.val, memory_mapped=True,
+                       prepared_sha256=prepared.fingerprint)
+    text = read_text(path)
     tokenizer = CharTokenizer.from_text(text)
     tokens = np.asarray(tokenizer.encode(text), dtype=np.int32)
     train, val = train_val_split(tokens, block_size)

@@ -54,17 +54,23 @@ class HostBatches:
                                                  c.block_size))  # (K, A, B)
         return place_windows(tokens, offsets, c.block_size, self.placement.batch_along(2))
 
-    def train_windows(self, first_step: int, steps: int) -> jax.Array:
-        """The windows (K, A, B, T + 1) of the K = `steps` training steps from `first_step`; the next calls'
-        windows are prepared in the background meanwhile."""
-        future = self._ahead.pop((first_step, steps), None)
-        if future is None:  # the first call, or the steps changed (a resume): what was prepared is of no use
+    def prefetch(self, first_step: int, steps: int) -> None:
+        """Start gathering the windows of the call of `steps` steps from `first_step` and of the PREFETCH_CALLS
+        calls after it (within max_iters), unless under way; what was under way for other calls is dropped (the
+        first call, or a resume)."""
+        if (first_step, steps) not in self._ahead:
             self._drop_ahead()
-            future = self._pool.submit(self._load_train, first_step, steps)
+            self._ahead[first_step, steps] = self._pool.submit(self._load_train, first_step, steps)
         for call in range(1, PREFETCH_CALLS + 1):
             ahead = (first_step + call * steps, steps)
             if ahead[0] + steps <= self.config.max_iters and ahead not in self._ahead:
                 self._ahead[ahead] = self._pool.submit(self._load_train, *ahead)
+
+    def train_windows(self, first_step: int, steps: int) -> jax.Array:
+        """The windows (K, A, B, T + 1) of the K = `steps` training steps from `first_step`; the next calls'
+        windows are gathered in the background meanwhile."""
+        self.prefetch(first_step, steps)
+        future = self._ahead.pop((first_step, steps))
         started = time.perf_counter()
         windows = future.result()
         self.wait_seconds += time.perf_counter() - started

@@ -2,7 +2,7 @@
 
     OUT_DIR/
       config.json              the run's TrainConfig (vocab_size set from the data)
-      tokenizer.json           the character vocabulary
+      tokenizer.json           the tokenizer (jaxgpt.tokenizers: characters, a BPE or GPT-2's encoding)
       metrics.jsonl            one JSON line per evaluation
       checkpoints/STEP/        the latest `keep_checkpoints` training checkpoints: params, opt_state, meta
       checkpoints_best/STEP/   the checkpoint with the lowest val loss so far: params, meta
@@ -32,8 +32,8 @@ from pathlib import Path
 import filelock
 
 from jaxgpt.config import TrainConfig
-from jaxgpt.data import CharTokenizer
 from jaxgpt.errors import JaxgptError, UsageError
+from jaxgpt.tokenizers import Tokenizer, load_tokenizer
 
 CONFIG, TOKENIZER, METRICS, PLOT = "config.json", "tokenizer.json", "metrics.jsonl", "loss.png"
 CHECKPOINTS, BEST, UNUSABLE, PARAMS = "checkpoints", "checkpoints_best", "unusable_checkpoints", "params"
@@ -189,15 +189,11 @@ class RunDir:
     def read_config(self) -> TrainConfig:
         return TrainConfig.from_json(self.config_file.read_text(encoding="utf-8"), str(self.config_file))
 
-    def write_tokenizer(self, tokenizer: CharTokenizer) -> None:
+    def write_tokenizer(self, tokenizer: Tokenizer) -> None:
         _write_atomically(self.tokenizer_file, tokenizer.to_json())
 
-    def read_tokenizer(self) -> CharTokenizer:
-        try:
-            return CharTokenizer.from_json(self.tokenizer_file.read_text(encoding="utf-8"))
-        except (ValueError, KeyError, TypeError) as err:
-            raise UsageError(f"{self.tokenizer_file} is not a valid tokenizer file ({type(err).__name__}: {err})"
-                             ) from None
+    def read_tokenizer(self) -> Tokenizer:
+        return load_tokenizer(self.tokenizer_file)
 
     # -- metrics ------------------------------------------------------------------------------------------------
 

@@ -44,6 +44,7 @@ from jaxgpt.config import GPTConfig
 from jaxgpt.data import check_tokens
 from jaxgpt.errors import UsageError
 from jaxgpt.model import Decode, build_model, has_rolling_cache
+from jaxgpt.tokenizers import Tokenizer
 
 # The KV cache grows to block_size in this many equal steps. More steps: less cache read per token, one more
 # scan body to compile each (lecture config on CPU, 1 -> 4: ~40% more tokens/s, ~2 s more compile time).
@@ -62,6 +63,12 @@ class Sampling(NamedTuple):
     def of(cls, vocab_size: int, temperature: float, top_k: int | None, top_p: float | None) -> Sampling:
         top_k = vocab_size if top_k is None else min(top_k, vocab_size)
         return cls(jnp.float32(temperature), jnp.int32(top_k), jnp.float32(1.0 if top_p is None else top_p))
+
+
+def default_prompt(tokenizer: Tokenizer) -> list[int]:
+    """Where a sample starts without a prompt: token 0 for characters (the lecture's start, a newline in
+    Shakespeare), else the end-of-text token (the start of a document)."""
+    return [0] if tokenizer.eot_id is None else [tokenizer.eot_id]
 
 
 def filter_logits(logits: jax.Array, top_k: jax.Array, top_p: jax.Array) -> jax.Array:

@@ -38,7 +38,7 @@ from jaxgpt.model import LanguageModel, build_model, count_params, init_params
 from jaxgpt.optim import learning_rate_schedule, make_optimizer
 from jaxgpt.plot import write_loss_plot
 from jaxgpt.rundir import RunDir
-from jaxgpt.sample import generate
+from jaxgpt.sample import default_prompt, generate
 
 PROGRESS_EVERY = 50  # steps between progress-bar loss readings
 FULL_EVAL_BATCHES = 16  # batches of consecutive windows per compiled call of the whole-split loss
@@ -327,6 +327,8 @@ class Run:
         """The train step compiled for the steps per call from the current step (once; `step()` calls it)."""
         if self._train_step is None:
             self.steps_per_call = resolved_steps_per_call(self.config, self.flops_per_step(), self.step_count)
+            if self.host_batches:  # the first windows are gathered while the step compiles
+                self.host_batches.prefetch(self._steps_done, self.steps_per_call)
             config = dataclasses.replace(self.config, steps_per_call=self.steps_per_call)
             train_step = make_train_step(config, self.model, self.tx, self.placement, bool(self.host_batches))
             self._train_step = train_step.lower(self.state, self._train_input(abstract=True)).compile()
@@ -467,6 +469,7 @@ class Run:
             if changed:
                 self.log(f"resuming with changed settings: {', '.join(changed)}")
 
+        self._check_tokenizer_unchanged()
         restored = self.checkpoints.restore_latest(self.state.params, self.state.opt_state, self.log, check)
         self.checkpoints.discard_best_after(restored.step)
         self.best_val_loss = self.checkpoints.best_val_loss()
@@ -478,6 +481,15 @@ class Run:
         self._steps_done = restored.step
         if self.is_main:
             self._write_run_files()
+
+    def _check_tokenizer_unchanged(self) -> None:
+        """A resumed run reads tokens of the tokenizer it was trained with (a clearer error than the data's sha256)."""
+        saved, now = self.run_dir.read_tokenizer(), self.dataset.tokenizer
+        if saved.fingerprint() != now.fingerprint():
+            raise UsageError(f"cannot resume {self.run_dir}: it was trained on tokens of a {saved.kind} tokenizer "
+                             f"({saved.vocab_size} tokens), but {self.config.data_path or 'the data'} has tokens of a "
+                             f"{now.kind} tokenizer ({now.vocab_size} tokens); resume with the data the run was "
+                             "trained on, or start a new --out_dir")
 
     def raise_if_diverged(self) -> None:
         """Stop with a clear error once a step went non-finite (reads one scalar: waits for the device)."""
@@ -523,11 +535,12 @@ class Run:
             self.save()
         return step < config.max_iters
 
-    def sample_text(self, num_chars: int) -> str:
-        """`num_chars` characters continuing token 0 (a newline in Shakespeare), as the lecture samples."""
-        prompt = jnp.zeros((1, 1), jnp.int32)
+    def sample_text(self, num_tokens: int) -> str:
+        """`num_tokens` tokens (characters with the lecture's tokenizer) continuing `sample.default_prompt`: token 0,
+        a newline in Shakespeare, as the lecture samples; the end-of-text token with BPE."""
+        prompt = jnp.asarray([default_prompt(self.dataset.tokenizer)], jnp.int32)  # (1, 1)
         key = stream_key(self.config.seed, SAMPLE_STREAM)
-        tokens = generate(self.config.model, self.state.params, prompt, num_chars, key)
+        tokens = generate(self.config.model, self.state.params, prompt, num_tokens, key)
         return self.dataset.tokenizer.decode(tokens[0, 1:])
 
 

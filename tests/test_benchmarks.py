@@ -42,6 +42,11 @@ def run_script(name: str, *args: str, data_path: str, smoke: bool = False) -> st
     ("speedrun.py", ["--rounds=1", "--nanogpt_iters=10", "--max_iters=10", "--eval_interval=10", *TINY],
      "of nanoGPT's recipe (target <= 0.333)"),
     ("ablation.py", ["--options=muon", "--max_iters=4", "--eval_interval=4", *TINY], "without muon"),
+    ("tokenizer_speed.py", ["--vocab_sizes=300", "--big_megabytes=0.2", "--repeats=1"], "summary: pieces of"),
+    ("prepare_big.py", ["--megabytes=2", "--files=3", "--vocab_size=300"], "open_prepared(verify=True)"),
+    ("data_wait.py", ["--sizes=tiny", "--steps=tiny:20"], "wait share"),
+    ("bpb_by_tokenizer.py", ["--config=tiny", "--seconds=2", "--tokenizers=char,bpe:300", "--eval_iters=1"],
+     "val_bpb"),
 ])
 def test_benchmark_script_runs(name, args, expected, shakespeare_path):
     out = run_script(name, *args, data_path=str(shakespeare_path), smoke=name == "generate_speed.py")

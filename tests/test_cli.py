@@ -86,7 +86,8 @@ def test_help_describes_every_field_with_the_configs_default():
             description = field.metadata["help"]
             assert description and "\n" not in description, field.name
             assert f"--{field.name} " in help_text and "".join(description.split()) in unwrapped, field.name
-    assert "--batch_size int sequences per optimizer step (all devices together) (default: 16)" in help_text
+    assert "--batch_size int sequences per micro-batch, all devices together" in help_text
+    assert "--grad_accum int micro-batches per optimizer step" in help_text
     assert "--n_embd int channels of the residual stream (default: 64)" in help_text
     assert "--optimizer {adamw,muon} adamw: AdamW for every parameter;" in help_text
 
@@ -104,7 +105,7 @@ def test_optional_fields_take_none():
     [
         (["--batchsize=3"], "error: unknown flag --batchsize; did you mean --batch_size?"),
         (["--n_embd=30", "--n_head=4"], "error: n_embd (30) must be divisible by n_head (4); try n_head=3"),
-        (["--data_path=/no/such/file.txt"], "error: --data_path points to '/no/such/file.txt', which is not a file"),
+        (["--data_path=/no/such/file.txt"], "error: --data_path points to '/no/such/file.txt', which does not exist"),
         (["--optimizer=sgd"], "error: argument --optimizer: invalid choice: 'sgd' (choose from 'adamw', 'muon')"),
     ],
 )

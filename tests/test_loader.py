@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from pathlib import Path
 
 import jax
@@ -11,10 +12,13 @@ import numpy as np
 import pytest
 
 from jaxgpt import data, sharding
+from jaxgpt.cli import run_cli
+from jaxgpt.cli.train import main as train_main
 from jaxgpt.config import load_config
 from jaxgpt.keys import eval_keys
 from jaxgpt.loader import HostBatches
-from jaxgpt.train import Run, _draw_eval_windows
+from jaxgpt.prepare import prepare
+from jaxgpt.train import Run, _draw_eval_windows, train
 
 
 def memmap_of(tokens: np.ndarray, path: Path, dtype=np.uint16) -> np.memmap:
@@ -46,19 +50,15 @@ def test_host_windows_are_the_device_windows(tmp_path):
         host.close()
 
 
+def prepare_quietly(text_file: Path, out: Path, **options) -> Path:
+    prepare([str(text_file)], out, progress=False, log=lambda _: None, **options)
+    return out
+
+
 @pytest.fixture
-def host_path(monkeypatch):
-    """Runs load their text onto the host path: the same tokens, memory-mapped, batches gathered by the host."""
-    load = data.load_dataset
-
-    def memory_mapped(data_path, block_size):
-        dataset = load(data_path, block_size)
-        folder = Path(data_path).parent
-        train = memmap_of(dataset.train, folder / "train.bin")
-        val = memmap_of(dataset.val, folder / "val.bin")
-        return dataclasses.replace(dataset, train=train, val=val, memory_mapped=True)
-
-    monkeypatch.setattr("jaxgpt.train.load_dataset", memory_mapped)
+def char_dataset(tmp_path, small_text_file) -> Path:
+    """The text file prepared with the char tokenizer: the same tokens and split as the file itself."""
+    return prepare_quietly(small_text_file, tmp_path / "char")
 
 
 def run_config(tmp_path: Path, text_file: Path, name: str, **overrides):
@@ -83,8 +83,10 @@ def device_run(tmp_path, small_text_file):
     return finish(run_config(tmp_path, small_text_file, "device"))
 
 
-def test_host_path_trains_exactly_as_the_device_path(device_run, host_path, tmp_path, small_text_file):
-    history, state = finish(run_config(tmp_path, small_text_file, "host"))
+def test_host_path_trains_exactly_as_the_device_path(device_run, char_dataset, tmp_path):
+    """The same text trains to the same bits from the text file (tokens on the device) and from its prepared
+    dataset (memory-mapped, windows gathered by the host)."""
+    history, state = finish(run_config(tmp_path, char_dataset, "host"))
     assert without_timing(history) == without_timing(device_run[0])
     for a, b in zip(jax.tree_util.tree_leaves(state), jax.tree_util.tree_leaves(device_run[1]), strict=True):
         np.testing.assert_array_equal(a, b)
@@ -92,8 +94,8 @@ def test_host_path_trains_exactly_as_the_device_path(device_run, host_path, tmp_
     assert all(r["data_wait"] is None for r in device_run[0])
 
 
-def test_host_path_resumes_bitwise(device_run, host_path, tmp_path, small_text_file):
-    first_half = run_config(tmp_path, small_text_file, "host", max_iters=4, checkpoint_interval=4)
+def test_host_path_resumes_bitwise(device_run, char_dataset, tmp_path):
+    first_half = run_config(tmp_path, char_dataset, "host", max_iters=4, checkpoint_interval=4)
     finish(first_half)
     history, state = finish(dataclasses.replace(first_half, max_iters=8, resume=True))
     assert without_timing(history) == without_timing(device_run[0])
@@ -169,3 +171,30 @@ def test_two_processes_read_disjoint_rows(tmp_path):
     assert len(first) == len(second) == len(every) // 2
     assert sorted(first + second) == every and not set(first) & set(second)
     assert reports[0]["equal"] and reports[1]["equal"]
+
+
+def test_a_bpe_dataset_trains_reports_bits_per_byte_and_samples_text(tmp_path, small_text_file):
+    dataset = prepare_quietly(small_text_file, tmp_path / "bpe_data", tokenizer="bpe", vocab_size=300)
+    config = run_config(tmp_path, dataset, "bpe_run", grad_accum=1, sample_chars=20)
+    result = train(config, log=lambda _: None)
+    assert result.config.model.vocab_size == 300
+    first, last = result.history[0], result.history[-1]
+    assert last["val_loss"] < first["val_loss"]
+    assert last["val_bpb"] < last["val_loss"] / math.log(2)  # BPE tokens stand for more than one byte each
+
+
+def test_resume_with_data_of_another_tokenizer_is_refused_in_one_line(char_dataset, tmp_path, small_text_file,
+                                                                     capsys):
+    bpe = prepare_quietly(small_text_file, tmp_path / "bpe", tokenizer="bpe", vocab_size=300)
+    run = tmp_path / "run"
+    common = ["--config=tiny", f"--out_dir={run}", "--max_iters=2", "--eval_interval=2", "--eval_iters=1",
+              "--sample_chars=0", "--progress=false"]
+    run_cli(train_main, [*common, f"--data_path={char_dataset}"])
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exited:
+        run_cli(train_main, [*common, f"--data_path={bpe}", "--max_iters=4", "--resume"])
+    err = capsys.readouterr().err
+    assert exited.value.code == 2
+    assert err == (f"error: cannot resume {run}: it was trained on tokens of a char tokenizer (58 tokens), but {bpe} "
+                   "has tokens of a bpe tokenizer (300 tokens); resume with the data the run was trained on, or "
+                   "start a new --out_dir\n")

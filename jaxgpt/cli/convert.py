@@ -15,7 +15,7 @@ def main(argv: list[str] | None = None) -> None:
                                         "layout) into a jaxgpt run directory.")
     parser.add_argument("model", metavar="MODEL.pt", help="torch.save(model.state_dict()) file or nanoGPT ckpt.pt")
     parser.add_argument("out_dir", metavar="OUT_DIR", help="the jaxgpt run directory to write")
-    parser.add_argument("--tokenizer", metavar="FILE", help="the training text or a tokenizer.json "
+    parser.add_argument("--tokenizer", metavar="FILE", help="the training text, a tokenizer.json or gpt2 "
                         "(default: the dataset: $JAXGPT_DATA, the cache or a download)")
     parser.add_argument("--n_head", type=int, help="heads per block; needed for nanoGPT state_dicts without "
                         "model_args and for Hugging Face GPT-2")

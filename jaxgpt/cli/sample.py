@@ -15,7 +15,7 @@ from jaxgpt import checkpoint, compile_cache
 from jaxgpt.cli import ArgumentParser, run_cli
 from jaxgpt.config import seed_range
 from jaxgpt.errors import UsageError
-from jaxgpt.sample import Cache, generate
+from jaxgpt.sample import Cache, default_prompt, generate
 
 RULE = "-" * 40  # printed between samples
 
@@ -28,12 +28,13 @@ def parse_sample_args(argv: list[str]) -> dict:
     parser = ArgumentParser(prog="python -m jaxgpt.sample", description="Sample text from a trained run.",
                             formatter_class=argparse.HelpFormatter)  # the defaults are in the help texts
     parser.add_argument("--out_dir", required=True, metavar="RUN", help="directory of a training run")
-    parser.add_argument("--prompt", metavar="TEXT", help="text to continue (default: token 0, as the lecture and "
-                        "training's own sample start; a newline in Shakespeare)")
+    parser.add_argument("--prompt", metavar="TEXT", help="text to continue (default: for a character tokenizer "
+                        "token 0, as the lecture and training's own sample start, a newline in Shakespeare; for a BPE "
+                        "or GPT-2 tokenizer the end-of-text token, as at the start of a document)")
     parser.add_argument("--num_samples", type=int, default=3, metavar="N",
                         help="independent samples (default: %(default)s)")
     parser.add_argument("--max_new_tokens", type=int, default=500, metavar="N",
-                        help="characters per sample (default: %(default)s)")
+                        help="tokens per sample (default: %(default)s)")
     parser.add_argument("--temperature", type=float, default=1.0, metavar="T",
                         help="0 is greedy; 1 (default) samples the model's distribution, like the lecture")
     parser.add_argument("--top_k", type=_optional(int), default=None, metavar="K",
@@ -51,7 +52,7 @@ def parse_sample_args(argv: list[str]) -> dict:
     if args["num_samples"] < 1:
         raise UsageError(f"--num_samples must be >= 1, got {args['num_samples']}")
     if args["prompt"] == "":
-        raise UsageError("--prompt must not be empty; leave it out to start from token 0")
+        raise UsageError("--prompt must not be empty; leave it out to start from the default (see --help)")
     problem = seed_range(args["seed"])
     if problem:
         raise UsageError(f"--seed {problem}, got {args['seed']}")
@@ -65,7 +66,7 @@ def main(argv: list[str] | None = None) -> None:
         raise UsageError(f"--out_dir {args['out_dir']!r} does not exist; pass the out_dir of a training run")
     config, params, tokenizer = checkpoint.load(args["out_dir"])
     try:
-        prompt_ids = [0] if args["prompt"] is None else tokenizer.encode(args["prompt"])
+        prompt_ids = default_prompt(tokenizer) if args["prompt"] is None else tokenizer.encode(args["prompt"])
     except UsageError as err:
         raise UsageError(f"--prompt has {err}") from None
     prompt = jnp.asarray([prompt_ids] * args["num_samples"], jnp.int32)  # (num_samples, T0)
