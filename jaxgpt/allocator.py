@@ -8,10 +8,14 @@ made one step per call slower than ten (benchmarks/RESULTS.md). Serving large bl
 trimming it, and using one arena (XLA's worker threads would otherwise get heaps of their own, which glibc does
 unmap) lets every call reuse the same pages: 0 faults per call after the first.
 
-The price: memory freed by the process stays with it (up to its peak use) until it exits. Process-wide, hence
-called by the command lines (`jaxgpt.cli.run_cli`) and not by library calls; a notebook or script may call
-`keep_freed_memory()` itself, first thing. Settings given in `GLIBC_TUNABLES` win. Elsewhere than glibc (macOS,
-musl), nothing changes.
+The price: memory freed by the process stays with it until it exits, and for steps whose temporaries are large
+the heap fragments: at the `lecture` size (4.5 GB of temporaries per step) the process grew by a step's
+temporaries every few steps, to 24 GB and the out-of-memory killer within 12 steps and an evaluation. So
+`jaxgpt.train` returns to glibc's defaults for large blocks (`use_default_malloc`) when a step's activations
+(`step_activation_bytes`) exceed KEEP_FREED_LIMIT; there the page faults are a small part of a long step.
+Process-wide, hence called by the command lines (`jaxgpt.cli.run_cli`) and not by library calls; a notebook or
+script may call `keep_freed_memory()` itself, first thing. Settings given in `GLIBC_TUNABLES` win. Elsewhere
+than glibc (macOS, musl), nothing changes.
 """
 
 from __future__ import annotations
@@ -21,19 +25,41 @@ import ctypes.util
 import os
 import platform
 
+from jaxgpt.config import GPTConfig
+
 # mallopt parameters, from glibc's malloc.h
 M_TRIM_THRESHOLD = -1
 M_MMAP_MAX = -4
 M_ARENA_MAX = -8
 
 NEVER_TRIM = 2**31 - 1  # the largest value mallopt accepts (an int)
+DEFAULT_MMAP_MAX, DEFAULT_TRIM_THRESHOLD = 65536, 128 * 1024  # glibc's defaults
+KEEP_FREED_LIMIT = 2**30  # bytes of a train step's activations up to which keeping freed memory pays
+
+
+def _mallopt(settings: tuple[tuple[int, int], ...]) -> bool:
+    if platform.libc_ver()[0] != "glibc" or "glibc.malloc" in os.environ.get("GLIBC_TUNABLES", ""):
+        return False
+    libc = ctypes.CDLL(ctypes.util.find_library("c"))
+    return all(libc.mallopt(parameter, value) == 1 for parameter, value in settings)
 
 
 def keep_freed_memory() -> bool:
     """Make glibc keep and reuse freed memory (see the module docstring). Call it before JAX starts its threads,
     i.e. before the first computation. Returns whether the settings were applied."""
-    if platform.libc_ver()[0] != "glibc" or "glibc.malloc" in os.environ.get("GLIBC_TUNABLES", ""):
-        return False
-    libc = ctypes.CDLL(ctypes.util.find_library("c"))
-    settings = ((M_MMAP_MAX, 0), (M_TRIM_THRESHOLD, NEVER_TRIM), (M_ARENA_MAX, 1))
-    return all(libc.mallopt(parameter, value) == 1 for parameter, value in settings)
+    return _mallopt(((M_MMAP_MAX, 0), (M_TRIM_THRESHOLD, NEVER_TRIM), (M_ARENA_MAX, 1)))
+
+
+def use_default_malloc() -> bool:
+    """Undo `keep_freed_memory` for large blocks: mmap them and trim the heap again (one arena stays). Returns
+    whether the settings were applied."""
+    return _mallopt(((M_MMAP_MAX, DEFAULT_MMAP_MAX), (M_TRIM_THRESHOLD, DEFAULT_TRIM_THRESHOLD)))
+
+
+def step_activation_bytes(model: GPTConfig, batch_size: int) -> float:
+    """About how many bytes of float32 activations one train step of `model` on `batch_size` sequences keeps for
+    its backward pass: per layer and token 68 C + 10 n_head T bytes (Korthikanti et al. 2022's 34 C + 5 n_head T
+    for 16-bit values, doubled). XLA's own plans: `lecture` 4.5 GB (this: 4.1 GB), nanoGPT's CPU recipe 50 MB
+    (this: 35 MB)."""
+    per_token_layer = 68 * model.n_embd + 10 * model.n_head * model.block_size
+    return float(per_token_layer) * batch_size * model.block_size * model.n_layer

@@ -11,9 +11,11 @@ import pytest
 
 FAULTS_PER_CALL = """
 import resource, sys
-if sys.argv[1] == "keep":
-    from jaxgpt.allocator import keep_freed_memory
+if sys.argv[1] in ("keep", "kept then default"):
+    from jaxgpt.allocator import keep_freed_memory, use_default_malloc
     assert keep_freed_memory()
+    if sys.argv[1] == "kept then default":
+        assert use_default_malloc()
 import jax, jax.numpy as jnp
 
 @jax.jit
@@ -40,6 +42,41 @@ def test_kept_memory_is_reused_without_page_faults() -> None:
     default, kept = faults_per_call("default"), faults_per_call("keep")
     assert default >= 10_240  # each call faults the 40 MB temporary (10,240 pages of 4 KiB) in again
     assert kept < 100
+    assert faults_per_call("kept then default") >= 10_240  # use_default_malloc undoes it
+
+
+@pytest.mark.parametrize("config_name, batch_size", [("small", 16), ("speedrun", 32), ("lecture", 16)])
+def test_activation_estimate_is_within_a_factor_of_two_of_xla_plan(config_name: str, batch_size: int) -> None:
+    """step_activation_bytes, which decides whether jaxgpt.train keeps freed memory, against XLA's own plan of the
+    compiled step's temporaries (one step per call)."""
+    import dataclasses
+
+    import jax
+    import numpy as np
+
+    from jaxgpt import sharding
+    from jaxgpt.allocator import step_activation_bytes
+    from jaxgpt.config import load_config
+    from jaxgpt.model import build_model, init_params
+    from jaxgpt.optim import make_optimizer
+    from jaxgpt.train import TrainState, make_train_step
+
+    config = dataclasses.replace(load_config(config_name), batch_size=batch_size, steps_per_call=1).for_vocab(65)
+    model, tx = build_model(config.model), make_optimizer(config)
+    state = jax.eval_shape(lambda: TrainState.fresh(init_params(config.model, jax.random.key(0)), tx))
+    placement = sharding.Placement.for_state(sharding.make_mesh(1, jax.devices()[:1]), state)
+    step = make_train_step(config, model, tx, placement).lower(state, jax.ShapeDtypeStruct((10_000,), np.int32))
+    planned = step.compile().memory_analysis().temp_size_in_bytes
+    assert planned / 2 < step_activation_bytes(config.model, batch_size) < 2 * planned
+
+
+def test_the_lecture_size_returns_to_default_malloc() -> None:
+    from jaxgpt.allocator import KEEP_FREED_LIMIT, step_activation_bytes
+    from jaxgpt.config import load_config
+
+    for name, kept in (("small", True), ("speedrun", True), ("lecture", False), ("shakespeare_char", False)):
+        config = load_config(name)
+        assert (step_activation_bytes(config.model, config.batch_size) <= KEEP_FREED_LIMIT) == kept, name
 
 
 def test_glibc_tunables_win(monkeypatch: pytest.MonkeyPatch) -> None:

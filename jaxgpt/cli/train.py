@@ -5,7 +5,7 @@ from __future__ import annotations
 import shlex
 import sys
 
-from jaxgpt import compile_cache, sharding
+from jaxgpt import allocator, compile_cache, sharding
 from jaxgpt.cli import parse_train_args, run_cli
 from jaxgpt.interrupt import stop_on_signals
 from jaxgpt.rundir import RunDir
@@ -19,6 +19,8 @@ def main(argv: list[str] | None = None) -> None:
     options = {"prog": "python -m jaxgpt.train", "description": DESCRIPTION}
     config = parse_train_args(argv, **options)
     compile_cache.enable_default()
+    if allocator.step_activation_bytes(config.model, config.batch_size) > allocator.KEEP_FREED_LIMIT:
+        allocator.use_default_malloc()  # kept, blocks this large fragment the heap (jaxgpt/allocator.py)
     run_config = RunDir(config.out_dir).config_file
     if config.resume and run_config.is_file() and not any(arg.startswith("--config") for arg in argv):
         config = parse_train_args([f"--config={run_config}", *argv], **options)  # the run's own config + new flags
