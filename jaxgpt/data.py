@@ -28,6 +28,7 @@ SHAKESPEARE_URL = "https://raw.githubusercontent.com/karpathy/char-rnn/master/da
 SHAKESPEARE_SHA256 = "86c4e6aa9db7c042ec79f339dcb96d42b0075e16b8fc2e86bf0ca57e2dc565ed"
 DATA_ENV_VAR = "JAXGPT_DATA"
 TRAIN_FRACTION = 0.9  # first 90% train, last 10% val
+MAX_SPLIT_TOKENS = 2**31 - 1  # window offsets are int32 on the devices
 
 
 def cached_shakespeare_path() -> Path:
@@ -105,8 +106,11 @@ def _sha256(payload: bytes) -> str:
 
 
 def check_split_lengths(train: np.ndarray, val: np.ndarray, block_size: int) -> None:
-    """Each split must hold at least block_size + 1 tokens (one window)."""
+    """Each split must hold at least block_size + 1 tokens (one window), and at most MAX_SPLIT_TOKENS."""
     for name, split in (("train", train), ("val", val)):
+        if len(split) > MAX_SPLIT_TOKENS:
+            raise UsageError(f"the {name} split has {len(split):,} tokens, more than the {MAX_SPLIT_TOKENS:,} that "
+                             "32-bit window offsets reach; prepare the corpus as several smaller datasets")
         if len(split) < block_size + 1:
             raise UsageError(
                 f"the {name} split has {len(split)} tokens but block_size {block_size} needs at least "

@@ -179,3 +179,15 @@ def test_offline_error_says_how_to_provide_the_file(tmp_path, monkeypatch):
     monkeypatch.setattr(data.urllib.request, "urlopen", offline)
     with pytest.raises(UsageError, match=r"--data_path=FILE or set JAXGPT_DATA=FILE"):
         resolve_data_path(None)
+
+
+def test_a_split_beyond_32_bit_offsets_is_refused_in_one_line():
+    from jaxgpt.data import MAX_SPLIT_TOKENS, check_split_lengths
+
+    huge = np.broadcast_to(np.zeros(1, np.uint16), (MAX_SPLIT_TOKENS + 1,))  # no memory: one element, repeated
+    small = np.zeros(100, np.uint16)
+    check_split_lengths(huge[:MAX_SPLIT_TOKENS], small, block_size=8)
+    with pytest.raises(UsageError, match=r"^the train split has 2,147,483,648 tokens, more than the 2,147,483,647 "
+                                         r"that 32-bit window offsets reach; prepare the corpus as several smaller "
+                                         r"datasets$"):
+        check_split_lengths(huge, small, block_size=8)
