@@ -1,6 +1,6 @@
 """How long training steps wait for host-gathered batches (a prepared dataset, memory-mapped), per loader.
 
-    python benchmarks/data_wait.py [--data_path=DATA_DIR|TEXT] [--sizes=small,lecture] [--loaders=thread,grain]
+    python benchmarks/data_wait.py [--data_path=DATA_DIR|TEXT] [--sizes=small,lecture] [--loaders=thread[,grain]]
                                    [--steps=small:300,lecture:8]
 
 For each size (a config name) and loader, trains `--steps` steps from DATA_DIR (a text file, by default tiny
@@ -8,7 +8,8 @@ Shakespeare, is prepared with the char tokenizer into a temporary directory firs
 time the steps waited for their windows, as a share of the training time (`data_wait` of the evaluation at the
 end; the target is at most 5%) and in milliseconds per step. Loaders: `thread` is jaxgpt.loader.HostBatches (a
 background thread prepares the next calls' windows); `grain` gathers the same windows through grain's MapDataset
-with its own prefetch thread, to decide between them.
+with its own prefetch thread, to decide between them (`pip install grain` first; jaxgpt does not depend on it,
+see RESULTS.md).
 """
 
 from __future__ import annotations
@@ -77,7 +78,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data_path", help="a dataset directory from python -m jaxgpt.prepare, or a text file")
     parser.add_argument("--sizes", default="small,lecture")
-    parser.add_argument("--loaders", default="thread,grain")
+    parser.add_argument("--loaders", default="thread", help="thread, grain or both: thread,grain")
     parser.add_argument("--steps", default="small:300,lecture:8", help="steps per size, SIZE:N,...")
     args = parser.parse_args()
     steps = {name: int(n) for name, n in (item.split(":") for item in args.steps.split(","))}
