@@ -5,8 +5,8 @@
 
 Prepares the text with each tokenizer (python -m jaxgpt.prepare: the same documents, the last 10% as val), measures
 the config's time per step on each, sets max_iters so that training takes about --seconds, trains (the schedule
-ends there), and reports the val loss per token and per byte over the whole val split (eval_mode=full), with a
-sample of each model.
+ends there), and reports the run's wall time (building, compiling, training and the evaluation), the val loss per
+token and per byte over the whole val split (eval_mode=full), and a sample of each model.
 """
 
 from __future__ import annotations
@@ -73,7 +73,7 @@ def main() -> None:
                 vocab_size = run.config.model.vocab_size
             rows.append((choice, vocab_size, steps, seconds, 1e3 * per_step, record["val_loss"], record["val_bpb"]))
             print(f"{choice}: {steps} steps in {seconds:.0f} s, val_bpb {record['val_bpb']:.4f}", file=sys.stderr)
-    print(f"\n{'tokenizer':10} {'vocab':>6} {'steps':>6} {'train s':>8} {'ms/step':>8} {'val loss/token':>15} "
+    print(f"\n{'tokenizer':10} {'vocab':>6} {'steps':>6} {'run s':>8} {'ms/step':>8} {'val loss/token':>15} "
           f"{'val_bpb':>8}")
     for choice, vocab_size, steps, seconds, ms, loss, bpb in rows:
         print(f"{choice:10} {vocab_size:6d} {steps:6d} {seconds:8.0f} {ms:8.1f} {loss:15.4f} {bpb:8.4f}")
