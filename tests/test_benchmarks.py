@@ -45,7 +45,7 @@ def run_script(name: str, *args: str, data_path: str, smoke: bool = False) -> st
     ("tokenizer_speed.py", ["--vocab_sizes=300", "--big_megabytes=0.2", "--repeats=1"], "summary: pieces of"),
     ("prepare_big.py", ["--megabytes=2", "--files=3", "--vocab_size=300"], "open_prepared(verify=True)"),
     ("data_wait.py", ["--sizes=tiny", "--steps=tiny:20"], "wait share"),
-    ("bpb_by_tokenizer.py", ["--config=tiny", "--seconds=2", "--tokenizers=char,bpe:300", "--eval_iters=1"],
+    ("bpb_by_tokenizer.py", ["--config=tiny", "--seconds=2", "--tokenizers=bpe:300", "--eval_iters=1"],
      "val_bpb"),
 ])
 def test_benchmark_script_runs(name, args, expected, shakespeare_path):
