@@ -104,8 +104,8 @@ def score(args: argparse.Namespace) -> dict:
     from jaxgpt.prepare import open_prepared
 
     started = time.perf_counter()
-    config, params, tokenizer = pretrained.load(str(Path(args.dir) / "weights"))
-    params = pretrained.cast_params(params, args.dtype)
+    config, params, tokenizer = pretrained.load(str(Path(args.dir) / "weights"), args.dtype)
+    config = pretrained.for_inference(config, args.dtype)
     param_mb = sum(leaf.nbytes for leaf in jax.tree_util.tree_leaves(params)) / 2**20
     loaded = time.perf_counter()
     tokens = open_prepared(Path(args.dir) / "data").val[: args.eval_tokens]

@@ -60,13 +60,14 @@ def evaluate(source: str, data_path: str | os.PathLike | None = None, split: Spl
              block_size: int | None = None, dtype: str = "float32") -> Score:
     """Score the weights `source` (anything `pretrained.load` reads) on the `split` of `data_path` (a text file or a
     prepared dataset; default: $JAXGPT_DATA, the cache or a download), tokenized as the weights were; the windows
-    are the model's block_size unless a smaller `block_size` is given; params in `dtype` (float32 or bfloat16)."""
+    are the model's block_size unless a smaller `block_size` is given; weights in `dtype` (float32 or bfloat16,
+    `pretrained.for_inference`)."""
     if split not in ("train", "val"):
         raise UsageError(f"split must be train or val, got {split!r}")
     if batch_size < 1:
         raise UsageError(f"batch_size must be positive, got {batch_size}")
-    config, params, tokenizer = pretrained.load(source)
-    params = pretrained.cast_params(params, dtype)
+    config, params, tokenizer = pretrained.load(source, dtype)
+    config = pretrained.for_inference(config, dtype)
     block_size = config.block_size if block_size is None else block_size
     _check_block_size(block_size, config)  # before the data is read
     dataset = load_dataset(data_path, block_size)

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -108,9 +107,9 @@ def _read_hf_state_dict(files: list[Path]) -> dict[str, Any]:
     return state_dict
 
 
-def read_save_pretrained(directory: str | Path) -> tuple[GPTConfig, dict]:
-    """(GPTConfig, params) of a Hugging Face GPT-2 directory (`GPT2LMHeadModel.save_pretrained`, or a hub snapshot):
-    its config.json and its weights (safetensors, sharded or not, or pytorch_model.bin)."""
+def read_save_pretrained(directory: str | Path, dtype: str = "float32") -> tuple[GPTConfig, dict]:
+    """(GPTConfig, params in `dtype`) of a Hugging Face GPT-2 directory (`GPT2LMHeadModel.save_pretrained`, or a hub
+    snapshot): its config.json and its weights (safetensors, sharded or not, or pytorch_model.bin)."""
     directory = Path(directory)
     config_file = directory / _hub_constants().CONFIG_NAME
     try:
@@ -134,7 +133,7 @@ def read_save_pretrained(directory: str | Path) -> tuple[GPTConfig, dict]:
     # A GPT2Model (the hub's gpt2) names its tensors without GPT2LMHeadModel's "transformer." prefix.
     state_dict = {key if key.startswith(("transformer.", "lm_head.")) else f"transformer.{key}": value
                   for key, value in state_dict.items()}
-    return from_torch_state_dict(state_dict, n_head=hf_config.get("n_head"))
+    return from_torch_state_dict(state_dict, n_head=hf_config.get("n_head"), dtype=_jax_dtype(dtype))
 
 
 def _gpt2_encoding_for(config: GPTConfig, source: str) -> Tokenizer:
@@ -147,22 +146,25 @@ def _gpt2_encoding_for(config: GPTConfig, source: str) -> Tokenizer:
     return tokenizer
 
 
-def load(source: str) -> tuple[GPTConfig, dict, Tokenizer | None]:
+def load(source: str, dtype: str = "float32") -> tuple[GPTConfig, dict, Tokenizer | None]:
     """(model config, params, tokenizer) of pretrained weights. `source` is one of `HUB_MODELS` (the hub's
     safetensors, cached), a jaxgpt run directory (its latest usable checkpoint) or converted directory (its params),
     a `save_pretrained` directory, or a .pt file (the lecture's, nanoGPT's or Hugging Face's state_dict, or
-    nanoGPT's ckpt.pt). The tokenizer is None where the weights do not say which they were trained with."""
+    nanoGPT's ckpt.pt). The tokenizer is None where the weights do not say which they were trained with. The params
+    are in `dtype`: "bfloat16" (for inference) casts Hugging Face and .pt weights tensor by tensor as they are
+    converted, so that no float32 copy of the whole model is held."""
+    _jax_dtype(dtype)
     if source in HUB_MODELS:
-        config, params = read_save_pretrained(hub_snapshot(HUB_MODELS[source]))
+        config, params = read_save_pretrained(hub_snapshot(HUB_MODELS[source]), dtype)
         return config, params, _gpt2_encoding_for(config, source)
     path = Path(source).expanduser()
     if path.is_dir():
         run = RunDir(path)
         if not (run.has_checkpoints() or run.has_params()) and _hf_weight_files(path):
-            config, params = read_save_pretrained(path)
+            config, params = read_save_pretrained(path, dtype)
             return config, params, _gpt2_encoding_for(config, source)
         train_config, params, tokenizer = checkpoint.load(path)  # says what is missing if it is not a run either
-        return train_config.model, params, tokenizer
+        return train_config.model, cast_params(params, dtype), tokenizer
     if path.is_file():
         state_dict, hints = load_torch_checkpoint(path)
         layout = detect_layout(state_dict)
@@ -170,7 +172,7 @@ def load(source: str) -> tuple[GPTConfig, dict, Tokenizer | None]:
             raise UsageError(f"{source} is a {layout} state_dict, which does not record the number of heads; "
                              f"convert it first: python -m jaxgpt.convert {source} OUT_DIR --n_head=N"
                              f"{' --tokenizer=gpt2' if layout == 'hf' else ''}, then use OUT_DIR")
-        config, params = from_torch_state_dict(state_dict, n_head=hints.get("n_head"))
+        config, params = from_torch_state_dict(state_dict, n_head=hints.get("n_head"), dtype=_jax_dtype(dtype))
         return config, params, _gpt2_encoding_for(config, source) if layout == "hf" else None
     raise UsageError(f"{source!r} is not pretrained weights: give {', '.join(HUB_MODELS)}, a jaxgpt run directory, "
                      "a save_pretrained directory or a .pt file")
@@ -224,12 +226,23 @@ def check_data_tokenizer(source: str, weights_tokenizer: Tokenizer | None, vocab
                      f"{describe_tokenizer(data_tokenizer)}; {fix}")
 
 
-DTYPES: dict[str, Callable] = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+DTYPES: dict[str, Any] = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}  # the weights' dtypes for inference
+
+
+def _jax_dtype(dtype: str) -> Any:
+    if dtype not in DTYPES:
+        raise UsageError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
+    return DTYPES[dtype]
 
 
 def cast_params(params: dict, dtype: str) -> dict:
-    """`params` stored in `dtype` ("float32" or "bfloat16": half the memory). The model computes with them as it
-    does with float32 ones (the residual stream stays float32; `GPTConfig.dtype` sets the matmuls')."""
-    if dtype not in DTYPES:
-        raise UsageError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
-    return jax.tree_util.tree_map(lambda leaf: leaf.astype(DTYPES[dtype]), params)
+    """`params` stored in `dtype`: "float32" or "bfloat16" (half the memory)."""
+    return jax.tree_util.tree_map(lambda leaf: leaf.astype(_jax_dtype(dtype)), params)
+
+
+def for_inference(config: GPTConfig, dtype: str) -> GPTConfig:
+    """The model config that samples or scores with weights in `dtype`: with "bfloat16", the matmuls run in
+    bfloat16 too (no float32 copy of a weight is made), while the residual stream, the norms, softmax and the loss
+    stay float32."""
+    _jax_dtype(dtype)
+    return dataclasses.replace(config, dtype="bfloat16") if dtype == "bfloat16" else config

@@ -73,7 +73,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_sample_args(sys.argv[1:] if argv is None else argv)
     compile_cache.enable_default()
     model, params, tokenizer = _load(args)
-    params = pretrained.cast_params(params, args["dtype"])
+    model = pretrained.for_inference(model, args["dtype"])
     try:
         prompt_ids = default_prompt(tokenizer) if args["prompt"] is None else tokenizer.encode(args["prompt"])
     except UsageError as err:
@@ -86,13 +86,13 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def _load(args: dict) -> tuple[GPTConfig, dict, Tokenizer]:
-    """(model config, params, tokenizer) of --out_dir (a run's latest checkpoint) or --init_from."""
+    """(model config, params in --dtype, tokenizer) of --out_dir (a run's latest checkpoint) or --init_from."""
     if args["out_dir"] is not None:
         if not Path(args["out_dir"]).is_dir():
             raise UsageError(f"--out_dir {args['out_dir']!r} does not exist; pass the out_dir of a training run")
         config, params, tokenizer = checkpoint.load(args["out_dir"])
-        return config.model, params, tokenizer
-    model, params, tokenizer = pretrained.load(args["init_from"])
+        return config.model, pretrained.cast_params(params, args["dtype"]), tokenizer
+    model, params, tokenizer = pretrained.load(args["init_from"], args["dtype"])
     if tokenizer is None:
         raise UsageError(f"{args['init_from']} does not say which tokenizer it was trained with; convert it with "
                          "its tokenizer (python -m jaxgpt.convert MODEL.pt OUT_DIR --tokenizer=FILE) and sample "
