@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -24,6 +25,7 @@ from gpt2_standins import (
     use_hub_standin,
     use_tiny_gpt2_encoding,
 )
+from safetensors.numpy import save_file
 from torch_models import layout_config, torch_logits, torch_model
 
 from jaxgpt import checkpoint, pretrained
@@ -251,3 +253,17 @@ def test_bfloat16_weights_halve_the_memory_and_keep_the_logits_close(hf, matmuls
     np.testing.assert_allclose(logits, hf_logits(model, idx), atol=0.1)
     with pytest.raises(UsageError, match="dtype must be one of float32, bfloat16, got 'float16'"):
         pretrained.load(str(directory), "float16")
+
+
+def test_a_gpt2model_file_as_on_the_hub_reads_with_its_mask_buffers(tmp_path, hf):
+    directory, model = hf  # the hub's gpt2 is a GPT2Model file: no "transformer." prefix, masks saved as attn.bias
+    tensors = {key: value.detach().numpy().copy() for key, value in model.transformer.state_dict().items()}
+    mask = np.tril(np.ones((1, 1, BLOCK_SIZE, BLOCK_SIZE), np.float32))
+    tensors |= {f"h.{i}.attn.bias": mask for i in range(2)}
+    save_file(tensors, tmp_path / "model.safetensors")
+    shutil.copy(directory / "config.json", tmp_path / "config.json")
+    config, params, tokenizer = pretrained.load(str(tmp_path))
+    assert config.tie_embeddings and tokenizer.kind == "tiktoken"
+    idx = np.random.default_rng(3).integers(0, VOCAB_SIZE, (2, BLOCK_SIZE))
+    np.testing.assert_allclose(np.asarray(build_model(config).apply({"params": params}, idx)), hf_logits(model, idx),
+                               rtol=1e-4, atol=1e-4)
