@@ -22,7 +22,7 @@ import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers
 
 from jaxgpt import sharding
-from jaxgpt.config import GPTConfig, TrainConfig
+from jaxgpt.config import HOW_TO_COMPUTE, GPTConfig, TrainConfig
 from jaxgpt.errors import JaxgptError, UsageError
 from jaxgpt.model import check_params
 from jaxgpt.rundir import RunDir
@@ -232,10 +232,6 @@ def _on_default_device(metadata_tree) -> Any:
     (whatever mesh the run was sharded over)."""
     device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
     return jax.tree_util.tree_map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device), metadata_tree)
-
-
-# GPTConfig fields that say how to compute, not what the weights mean: config.json may change them.
-HOW_TO_COMPUTE = frozenset({"dropout", "dtype", "attention", "dense_kernel"})
 
 
 def _load_exported_params(run_dir: RunDir, config: GPTConfig):

@@ -162,6 +162,9 @@ class TrainConfig:
     out_dir: str = option("out", "run directory: config, tokenizer, metrics, checkpoints, loss plot")
     overwrite: bool = option(False, "replace the run in a non-empty out_dir")
     resume: bool = option(False, "continue the run in out_dir from its latest usable checkpoint")
+    init_from: str | None = option(None, "start from pretrained weights, not a fresh init: gpt2, gpt2-medium, "
+                                         "gpt2-large, gpt2-xl (Hugging Face hub), a run directory, a save_pretrained "
+                                         "directory or a .pt file; the model is theirs (docs/pretrained.md)")
     # training loop (the lecture's names)
     batch_size: int = option(64, "sequences per micro-batch, all devices together (one micro-batch per step unless "
                                  "grad_accum > 1)", positive)
@@ -260,10 +263,15 @@ class TrainConfig:
         return dataclasses.replace(self, resume=False, overwrite=False)
 
 
+# GPTConfig fields that say how to compute, not what the weights mean: an exported model's config.json may change
+# them, and a run started from pretrained weights (--init_from) chooses them.
+HOW_TO_COMPUTE = frozenset({"dropout", "dtype", "attention", "dense_kernel"})
+
 # Training fields that may change on resume without changing what is computed.
 FREE_ON_RESUME = frozenset({"eval_interval", "eval_iters", "eval_mode", "eval_at_start", "checkpoint_interval",
                             "keep_checkpoints", "progress", "sample_chars", "out_dir", "overwrite", "resume",
-                            "data_path", "steps_per_call"})
+                            "data_path", "steps_per_call",
+                            "init_from"})  # only a new run reads it; a resumed one continues from its checkpoint
 MUON_FIELDS = frozenset({"muon_lr", "muon_momentum", "muon_weight_decay"})  # no effect with optimizer="adamw"
 
 

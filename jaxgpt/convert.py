@@ -243,11 +243,12 @@ def _check_tensors(state_dict: Mapping[str, np.ndarray], rules: list[_Rule], con
 
 
 def from_torch_state_dict(state_dict: Mapping[str, Any], *, n_head: int | None = None,
-                          dropout: float = 0.0) -> tuple[GPTConfig, dict]:
+                          dropout: float = 0.0, dtype: Any = jnp.float32) -> tuple[GPTConfig, dict]:
     """A PyTorch state_dict (lecture, nanoGPT or HF GPT-2 layout) -> (GPTConfig, jaxgpt params).
 
     The layout and config come from the keys and shapes; nanoGPT and HF GPT-2 state_dicts do not record
     `n_head`, so it must be given for them. `dropout` is not recorded either and goes into the config as given.
+    The params are float32, or `dtype` (bfloat16 for inference: each tensor cast as it is converted).
     """
     state_dict = _normalize_keys(state_dict)
     tensors = {key: _to_numpy(value) for key, value in state_dict.items() if not _BUFFER.fullmatch(key)}
@@ -261,7 +262,7 @@ def from_torch_state_dict(state_dict: Mapping[str, Any], *, n_head: int | None =
     flat = {}
     for rule in rules:
         leaves = rule.to_jax([tensors[key] for key in rule.torch_keys])
-        flat.update((path, jnp.asarray(leaf)) for path, leaf in zip(rule.jax_paths, leaves, strict=True))
+        flat.update((path, jnp.asarray(leaf, dtype)) for path, leaf in zip(rule.jax_paths, leaves, strict=True))
     return config, traverse_util.unflatten_dict(flat, sep="/")
 
 

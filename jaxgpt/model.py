@@ -10,9 +10,11 @@ rotary position embeddings (`position="rope"`), RMSNorm (`norm="rmsnorm"`), QK-n
 ReLU squared (`activation="relu2"`), zero-initialised output projections (`zero_init_proj`) and
 logit soft-capping (`logit_softcap`).
 
-Mixed precision: parameters are always float32; `dtype` is the compute dtype of the matrix multiplies.
+Mixed precision: parameters are float32 in training; `dtype` is the compute dtype of the matrix multiplies.
 The residual stream, LayerNorm, softmax and the loss stay in float32 (like torch.autocast), and so do
-RoPE's rotation, QK-norm's statistics and the soft-capped logits.
+RoPE's rotation, QK-norm's statistics and the soft-capped logits. For inference, parameters may be stored in
+bfloat16 (`jaxgpt.pretrained.cast_params`): each layer then computes with its weights rounded to bfloat16, the
+residual stream still float32.
 """
 
 from __future__ import annotations
@@ -281,7 +283,8 @@ class GPT(nn.Module):
         wte = nn.Embed(cfg.vocab_size, cfg.n_embd, embedding_init=_weight_init, name="token_embedding_table")
         cache_index = self._advance_cache_index(T) if decode else None  # position of idx[:, 0]
         pos = jnp.arange(T) if cache_index is None else cache_index + jnp.arange(T)  # (T,)
-        x = wte(idx)  # (B, T, C), float32: the residual stream
+        x = wte(idx)  # (B, T, C): the residual stream, float32 also with bfloat16 params (inference)
+        x = x.astype(jnp.promote_types(x.dtype, jnp.float32))
         if cfg.position == "learned":  # with "rope", attention rotates queries and keys instead
             wpe = nn.Embed(cfg.block_size, cfg.n_embd, embedding_init=_weight_init, name="position_embedding_table")
             x = x + wpe(pos)

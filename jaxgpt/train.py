@@ -25,9 +25,9 @@ import optax
 from flax import struct
 from tqdm.auto import tqdm
 
-from jaxgpt import sharding
+from jaxgpt import pretrained, sharding
 from jaxgpt.checkpoint import RunCheckpoints
-from jaxgpt.config import TrainConfig, resume_changes
+from jaxgpt.config import GPTConfig, TrainConfig, resume_changes
 from jaxgpt.data import Dataset, consecutive_windows, eval_offsets, gather_windows, load_dataset, train_offsets
 from jaxgpt.errors import JaxgptError, UsageError
 from jaxgpt.interrupt import StopRequest
@@ -39,6 +39,7 @@ from jaxgpt.optim import learning_rate_schedule, make_optimizer
 from jaxgpt.plot import write_loss_plot
 from jaxgpt.rundir import RunDir
 from jaxgpt.sample import default_prompt, generate
+from jaxgpt.tokenizers import Tokenizer
 
 PROGRESS_EVERY = 50  # steps between progress-bar loss readings
 FULL_EVAL_BATCHES = 16  # batches of consecutive windows per compiled call of the whole-split loss
@@ -171,6 +172,23 @@ def make_split_sums(model: LanguageModel, placement: sharding.Placement) -> Call
     return sums_of_batches
 
 
+def whole_split_loss(sums_of_batches: Callable, params, tokens: np.ndarray, batch_size: int, block_size: int,
+                     token_bytes: jax.Array, put: Callable = jnp.asarray) -> tuple[float, float]:
+    """(mean loss, bits per byte) over the whole split `tokens` (N,), by `sums_of_batches` (`make_split_sums`):
+    every token after the first is predicted once, from the tokens before it in its block_size window; windows are
+    consecutive, up to FULL_EVAL_BATCHES batches of `batch_size` per compiled call (fewer for a short split), moved
+    to the devices by `put`. Deterministic: no key."""
+    B, T = batch_size, block_size
+    n_windows = -(-(len(tokens) - 1) // T)
+    batches = min(FULL_EVAL_BATCHES, -(-n_windows // B))  # per call
+    total = np.zeros(4)
+    for first in range(0, n_windows, batches * B):
+        windows, counted = consecutive_windows(tokens, first, batches * B, T)  # (batches * B, T + 1), (.., T)
+        windows, counted = put(windows.reshape(batches, B, T + 1)), put(counted.reshape(batches, B, T))
+        total += np.asarray(sums_of_batches(params, windows, counted, token_bytes), np.float64)
+    return loss_and_bpb(total)
+
+
 def _draw_eval_windows(eval_iters: int, batch_size: int, block_size: int, data: jax.Array,
                        key: jax.Array) -> jax.Array:
     """(eval_iters, B, T + 1) random windows of the split `data` on the device (`data.eval_offsets`)."""
@@ -229,7 +247,11 @@ class Run:
         sharding.initialize_distributed(config.multihost)
         self.is_main = sharding.is_main_process()
         self.log = log if self.is_main else _quiet
+        start = pretrained.load(config.init_from) if config.init_from and not config.resume else None
+        if start:  # (model config, params, tokenizer) of the weights; a resumed run continues from its checkpoint
+            config = dataclasses.replace(config, model=pretrained.run_model(start[0], config.model))
         self.dataset = load_dataset(config.data_path, config.block_size)
+        self._start_params = self._check_start(config, *start) if start else None  # until they are the state's
         self.config = config.for_vocab(self.dataset.tokenizer.vocab_size)
         self.mesh = sharding.make_mesh(config.fsdp)
         sharding.check_batch_size(config.batch_size, self.mesh)
@@ -249,9 +271,10 @@ class Run:
         if self.is_main:
             self.run_dir.create(config.overwrite)
         self.model, self.tx = build_model(self.config.model), make_optimizer(self.config)
-        init = functools.partial(self._init_state, self.config.seed)
-        self.placement = sharding.Placement.for_state(self.mesh, jax.eval_shape(init))
-        self.state: TrainState = jax.jit(init, out_shardings=self.placement.state)()  # each device its own slices
+        init, init_args = self._initial_state()
+        self.placement = sharding.Placement.for_state(self.mesh, jax.eval_shape(init, *init_args))
+        self.state: TrainState = jax.jit(init, out_shardings=self.placement.state)(*init_args)  # each its own slices
+        self._start_params = None
         self.n_params = count_params(self.state.params)
         self.log(f"{self.n_params / 1e6:.6f} M parameters")
         state_bytes = sum(leaf.nbytes for leaf in jax.tree_util.tree_leaves((self.state.params, self.state.opt_state)))
@@ -283,8 +306,23 @@ class Run:
             self._write_run_files()
         self._reset_clock()
 
-    def _init_state(self, seed: int) -> TrainState:
-        return TrainState.fresh(init_params(self.config.model, stream_key(seed, INIT_STREAM)), self.tx)
+    def _check_start(self, config: TrainConfig, weights: GPTConfig, params: dict, tokenizer: Tokenizer | None) -> dict:
+        """The pretrained params to start from, once the data is found tokenized as the weights were."""
+        pretrained.check_data_tokenizer(config.init_from, tokenizer, weights.vocab_size, config.data_path or "the data",
+                                        self.dataset.tokenizer)
+        cropped = f" (cropped from {weights.block_size})" if weights.block_size > config.block_size else ""
+        self.log(f"starting from {config.init_from}: {weights.n_layer} layers, {weights.n_head} heads, n_embd "
+                 f"{weights.n_embd}, block_size {config.block_size}{cropped}")
+        return params
+
+    def _initial_state(self) -> tuple[Callable[..., TrainState], tuple]:
+        """The function that makes step 0's state, and its arguments: params drawn from the seed, or the pretrained
+        ones (`config.init_from`) cut to block_size."""
+        if self._start_params is None:
+            key = stream_key(self.config.seed, INIT_STREAM)
+            return lambda: TrainState.fresh(init_params(self.config.model, key), self.tx), ()
+        params = pretrained.crop_block_size(self._start_params, self.config.model)
+        return lambda params: TrainState.fresh(params, self.tx), (params,)
 
     def _write_run_files(self) -> None:
         self.run_dir.write_metrics(self.history)  # on resume: without the evaluations after the checkpoint
@@ -382,18 +420,10 @@ class Run:
         return loss_and_bpb(self._split_sums(self.state.params, windows, counted, self.token_bytes))
 
     def full_loss(self, tokens: np.ndarray) -> tuple[float, float]:
-        """(mean loss, bits per byte) over the whole split `tokens` (N,): every token after the first is predicted
-        once, from the tokens before it in its block_size window; windows are consecutive, FULL_EVAL_BATCHES
-        batches per compiled call. Deterministic: no key."""
-        B, T = self.config.batch_size, self.config.block_size
-        per_call = FULL_EVAL_BATCHES * B
-        total = np.zeros(4)
-        for first in range(0, -(-(len(tokens) - 1) // T), per_call):
-            windows, counted = consecutive_windows(tokens, first, per_call, T)  # (per_call, T + 1), (per_call, T)
-            windows = self.placement.replicate(windows.reshape(FULL_EVAL_BATCHES, B, T + 1))
-            counted = self.placement.replicate(counted.reshape(FULL_EVAL_BATCHES, B, T))
-            total += np.asarray(self._split_sums(self.state.params, windows, counted, self.token_bytes), np.float64)
-        return loss_and_bpb(total)
+        """(mean loss, bits per byte) over the whole split `tokens` (N,) in consecutive windows (`whole_split_loss`).
+        Deterministic: no key."""
+        return whole_split_loss(self._split_sums, self.state.params, tokens, self.config.batch_size,
+                                self.config.block_size, self.token_bytes, self.placement.replicate)
 
     def evaluate(self) -> dict[str, float | None]:
         """Train and val loss at the current step, log and record them: `eval_iters` random batches each, or with

@@ -47,6 +47,9 @@ def run_script(name: str, *args: str, data_path: str, smoke: bool = False) -> st
     ("data_wait.py", ["--sizes=tiny", "--steps=tiny:20"], "wait share"),
     ("bpb_by_tokenizer.py", ["--config=tiny", "--seconds=2", "--tokenizers=bpe:300", "--eval_iters=1"],
      "val_bpb"),
+    ("finetune_cpu.py", ["--n_layer=1", "--n_head=2", "--n_embd=16", "--n_positions=32", "--vocab_size=300",
+                         "--batch_size=2", "--block_size=16", "--steps=2", "--eval_tokens=64"],
+     "s per step (median of 2"),
 ])
 def test_benchmark_script_runs(name, args, expected, shakespeare_path):
     out = run_script(name, *args, data_path=str(shakespeare_path), smoke=name == "generate_speed.py")

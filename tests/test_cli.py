@@ -46,13 +46,30 @@ def test_config_by_name_and_by_path(tmp_path):
         (["--optimizer=sgd"], r"--optimizer: invalid choice: 'sgd' \(choose from 'adamw', 'muon'\)"),
         (["--muon_momentum=1"], r"muon_momentum must be in \[0, 1\), got 1.0"),
         (["--config=huge"],
-         "unknown config 'huge'; choose one of bigram, lecture, shakespeare_char, small, speedrun, tiny"),
+         "unknown config 'huge'; choose one of bigram, finetune_shakespeare, lecture, shakespeare_char, small, "
+         "speedrun, tiny"),
         (["--config=missing/file.py"], "config file 'missing/file.py' does not exist"),
     ],
 )
 def test_bad_flags(argv, message):
     with pytest.raises(UsageError, match=message):
         parse_train_args(argv)
+
+
+def test_init_from_starts_from_the_defaults_with_gpt2s_context_and_refuses_shape_flags():
+    config = parse_train_args(["--init_from=gpt2", "--dropout=0.1", "--block_size=256", "--dtype=float32"])
+    assert config.init_from == "gpt2" and config.model.block_size == 256 and config.model.dropout == 0.1
+    assert parse_train_args(["--init_from=gpt2"]).model.block_size == 1024  # not the small config's 32
+    assert parse_train_args(["--init_from=gpt2", "--config=tiny"]).model.block_size == 16
+    assert parse_train_args(["--config=finetune_shakespeare"]).init_from == "gpt2"
+    with pytest.raises(UsageError, match="^--model_type, --n_embd cannot be set with --init_from: the model is the "
+                                         "weights'"):
+        parse_train_args(["--init_from=gpt2", "--n_embd=768", "--model_type=gpt"])
+    with pytest.raises(UsageError, match="^--n_layer cannot be set with --init_from"):
+        parse_train_args(["--config=finetune_shakespeare", "--n_layer=2"])
+    with pytest.raises(UsageError, match="^--init_from starts a new run from pretrained weights and --resume"):
+        parse_train_args(["--init_from=gpt2", "--resume"])
+    assert parse_train_args(["--config=finetune_shakespeare", "--resume", "--n_layer=12"]).resume  # resume's rules
 
 
 def test_muon_flags():

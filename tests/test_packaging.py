@@ -21,5 +21,5 @@ def test_wheel_ships_the_configs(tmp_path: Path):
     assert not any("input.txt" in n for n in names)
     entry_points = next(n for n in names if n.endswith("entry_points.txt"))
     scripts = zipfile.ZipFile(wheel).read(entry_points).decode()
-    for command in ("train", "sample", "convert", "plot"):
+    for command in ("train", "sample", "convert", "plot", "prepare", "eval"):
         assert f"jaxgpt-{command} = jaxgpt.cli.{command}:entry_point" in scripts

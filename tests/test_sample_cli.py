@@ -1,4 +1,5 @@
-"""`python -m jaxgpt.sample`: samples from a tiny trained run, and one-line errors with exit status 2."""
+"""`python -m jaxgpt.sample`: samples from a tiny trained run or pretrained weights, and one-line errors with exit
+status 2."""
 
 from __future__ import annotations
 
@@ -10,6 +11,9 @@ import sys
 import jax
 import numpy as np
 import pytest
+import torch
+from gpt2_standins import hf_logits, save_tiny_gpt2, tiny_gpt2_encoding, use_hub_standin, use_tiny_gpt2_encoding
+from torch_models import layout_config, torch_model
 
 from jaxgpt import checkpoint
 from jaxgpt.cli import run_cli
@@ -101,7 +105,11 @@ def test_default_prompt_works_without_a_newline_in_the_vocabulary(tmp_path, caps
 @pytest.mark.parametrize(
     ("flags", "message"),
     [
-        ([], "the following arguments are required: --out_dir"),
+        ([], "give --out_dir=RUN (a training run) or --init_from=SOURCE (pretrained weights); one is required"),
+        (["--out_dir=RUN", "--init_from=RUN"], "give --out_dir=RUN (a training run) or --init_from=SOURCE (pretrained "
+                                               "weights); not both"),
+        (["--init_from=RUN/missing"], "/missing' is not pretrained weights"),
+        (["--out_dir=RUN", "--dtype=float16"], "argument --dtype: invalid choice: 'float16'"),
         (["--out_dir=RUN", "--prompt=Hi {there} ☃"], "--prompt has characters not in the vocabulary: '{}☃'"),
         (["--out_dir=RUN", "--prompt="], "--prompt must not be empty"),
         (["--out_dir=RUN", "--top_p=1.5"], r"top_p must be a number in (0, 1] or None, got 1.5"),
@@ -139,3 +147,28 @@ def test_module_runs_from_the_command_line(run_dir):
                           capture_output=True, text=True, env=env, timeout=120)
     assert done.returncode == 0, done.stderr
     assert done.stdout.count(RULE) == 2  # three samples
+
+
+def test_init_from_samples_pretrained_weights_with_their_own_tokenizer(tmp_path, capsys, monkeypatch):
+    use_tiny_gpt2_encoding(monkeypatch)
+    model = save_tiny_gpt2(tmp_path / "gpt2")
+    use_hub_standin(monkeypatch, tmp_path / "gpt2")
+    (text,) = sample(capsys, ["--init_from=gpt2", "--prompt=the", "--num_samples=1", "--max_new_tokens=8",
+                              "--temperature=0"])
+    ids = tiny_gpt2_encoding().encode_ordinary("the")
+    for _ in range(8):  # transformers' greedy continuation
+        ids.append(int(hf_logits(model, np.array([ids]))[0, -1].argmax()))
+    assert text == tiny_gpt2_encoding().decode(ids)
+    (half,) = sample(capsys, [f"--init_from={tmp_path / 'gpt2'}", "--num_samples=1", "--max_new_tokens=8",
+                              "--dtype=bfloat16"])
+    assert half.startswith("<|endoftext|>")  # GPT-2's encoding: a sample starts a document
+
+
+def test_init_from_weights_without_a_tokenizer_is_one_line(tmp_path, capsys):
+    config = layout_config("lecture", vocab_size=13, block_size=8, n_layer=1, n_head=2, n_embd=8, dropout=0.0)
+    torch.save(torch_model(config, "lecture").state_dict(), tmp_path / "model.pt")
+    with pytest.raises(SystemExit) as exit_info:
+        run_cli(main, [f"--init_from={tmp_path / 'model.pt'}"])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and err.count("\n") == 1
+    assert "model.pt does not say which tokenizer it was trained with; convert it with its tokenizer" in err

@@ -18,7 +18,7 @@ from typing import Any
 import simple_parsing
 
 from jaxgpt import allocator
-from jaxgpt.config import TrainConfig, load_config
+from jaxgpt.config import HOW_TO_COMPUTE, GPTConfig, TrainConfig, load_config
 from jaxgpt.errors import JaxgptError, UsageError
 
 
@@ -84,20 +84,46 @@ def _none_for_optional(argv: list[str], optional: set[str]) -> list[str]:
     return out
 
 
+# With --init_from and no --config: TrainConfig's defaults, with GPT-2's context (the weights' if theirs is shorter).
+INIT_FROM_DEFAULTS = TrainConfig(model=GPTConfig(block_size=1024))
+# Model flags that --init_from refuses: they would change what the weights mean (block_size may crop).
+SHAPE_FLAGS = frozenset(_flag_fields(GPTConfig)) - HOW_TO_COMPUTE - {"block_size"}
+
+
 def parse_train_args(argv: list[str], prog: str = "jaxgpt.train", description: str = "",
                      default_config: str = "small") -> TrainConfig:
-    """argv -> TrainConfig: the named config (`--config`) with every given flag applied, validated."""
+    """argv -> TrainConfig: the named config (`--config`) with every given flag applied, validated. With
+    `--init_from` and no `--config`, the base is INIT_FROM_DEFAULTS."""
     pre = ArgumentParser(add_help=False)
-    pre.add_argument("--config", default=default_config)
-    config_name = pre.parse_known_args(argv)[0].config
-    base = load_config(config_name)
+    pre.add_argument("--config")
+    pre.add_argument("--init_from")
+    known = pre.parse_known_args(argv)[0]
+    config_name = known.config or default_config
+    base = INIT_FROM_DEFAULTS if known.init_from and not known.config else load_config(config_name)
     parser = ArgumentParser(prog=prog, description=description)
     parser.add_argument("--config", default=config_name, metavar="NAME",
                         help="config name in configs/, a .py file defining config = TrainConfig(...), or a run's "
-                             "config.json (default: %(default)s)")
+                             "config.json (default: %(default)s; with --init_from, the defaults below with "
+                             "block_size 1024)")
     parser.add_config_arguments(TrainConfig, dest="train", default=base)
     optional = {name for name, tp in _flag_fields(TrainConfig).items() if type(None) in typing.get_args(tp)}
-    return parser.parse_args(_none_for_optional(argv, optional)).train
+    config = parser.parse_args(_none_for_optional(argv, optional)).train
+    _check_init_from_flags(argv, config)
+    return config
+
+
+def _check_init_from_flags(argv: list[str], config: TrainConfig) -> None:
+    """--init_from starts a new run whose model is the weights': refuse it with --resume, and flags that would
+    change the model's shape or meaning, naming them."""
+    given = {token[2:].split("=", 1)[0].replace("-", "_") for token in argv if token.startswith("--")}
+    if "init_from" in given and config.resume:
+        raise UsageError("--init_from starts a new run from pretrained weights and --resume continues the run in "
+                         "out_dir from its own checkpoint; choose one")
+    shape = sorted(given & SHAPE_FLAGS)
+    if config.init_from and not config.resume and shape:
+        raise UsageError(f"{', '.join(f'--{name}' for name in shape)} cannot be set with --init_from: the model is "
+                         "the weights' (--dropout, --block_size (a smaller one crops), --dtype, --attention and "
+                         "--dense_kernel may be set)")
 
 
 _READ_FAILURE_MARKS = ("Event loop is closed", "_read_array_index", "Encountered error while reading array index")

@@ -1,4 +1,5 @@
-"""`python -m jaxgpt.sample --out_dir=RUN [--prompt=TEXT ...]`: sample text from a trained run (see jaxgpt.sample)."""
+"""`python -m jaxgpt.sample --out_dir=RUN | --init_from=SOURCE [--prompt=TEXT ...]`: sample text from a trained run
+or from pretrained weights (see jaxgpt.sample)."""
 
 from __future__ import annotations
 
@@ -11,11 +12,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxgpt import checkpoint, compile_cache
+from jaxgpt import checkpoint, compile_cache, pretrained
 from jaxgpt.cli import ArgumentParser, run_cli
-from jaxgpt.config import seed_range
+from jaxgpt.config import GPTConfig, seed_range
 from jaxgpt.errors import UsageError
 from jaxgpt.sample import Cache, default_prompt, generate
+from jaxgpt.tokenizers import Tokenizer
 
 RULE = "-" * 40  # printed between samples
 
@@ -25,9 +27,14 @@ def _optional(convert):
 
 
 def parse_sample_args(argv: list[str]) -> dict:
-    parser = ArgumentParser(prog="python -m jaxgpt.sample", description="Sample text from a trained run.",
-                            formatter_class=argparse.HelpFormatter)  # the defaults are in the help texts
-    parser.add_argument("--out_dir", required=True, metavar="RUN", help="directory of a training run")
+    parser = ArgumentParser(prog="python -m jaxgpt.sample", description="Sample text from a trained run or from "
+                            "pretrained weights.", formatter_class=argparse.HelpFormatter)  # defaults: in the help
+    parser.add_argument("--out_dir", metavar="RUN", help="directory of a training run (its latest checkpoint)")
+    parser.add_argument("--init_from", metavar="SOURCE", help=f"or pretrained weights: "
+                        f"{', '.join(pretrained.HUB_MODELS)} (Hugging Face hub), a run directory, a save_pretrained "
+                        "directory or a .pt file")
+    parser.add_argument("--dtype", choices=list(pretrained.DTYPES), default="float32",
+                        help="the weights in memory: bfloat16 halves it (default: %(default)s)")
     parser.add_argument("--prompt", metavar="TEXT", help="text to continue (default: for a character tokenizer "
                         "token 0, as the lecture and training's own sample start, a newline in Shakespeare; for a BPE "
                         "or GPT-2 tokenizer the end-of-text token, as at the start of a document)")
@@ -49,6 +56,9 @@ def parse_sample_args(argv: list[str]) -> dict:
                         "cached keys and values, much faster but other logits from the second layer on "
                         "(docs/sampling.md)")
     args = vars(parser.parse_args(argv))
+    if (args["out_dir"] is None) == (args["init_from"] is None):
+        given = "not both" if args["out_dir"] is not None else "one is required"
+        raise UsageError(f"give --out_dir=RUN (a training run) or --init_from=SOURCE (pretrained weights); {given}")
     if args["num_samples"] < 1:
         raise UsageError(f"--num_samples must be >= 1, got {args['num_samples']}")
     if args["prompt"] == "":
@@ -62,18 +72,32 @@ def parse_sample_args(argv: list[str]) -> dict:
 def main(argv: list[str] | None = None) -> None:
     args = parse_sample_args(sys.argv[1:] if argv is None else argv)
     compile_cache.enable_default()
-    if not Path(args["out_dir"]).is_dir():
-        raise UsageError(f"--out_dir {args['out_dir']!r} does not exist; pass the out_dir of a training run")
-    config, params, tokenizer = checkpoint.load(args["out_dir"])
+    model, params, tokenizer = _load(args)
+    model = pretrained.for_inference(model, args["dtype"])
     try:
         prompt_ids = default_prompt(tokenizer) if args["prompt"] is None else tokenizer.encode(args["prompt"])
     except UsageError as err:
         raise UsageError(f"--prompt has {err}") from None
     prompt = jnp.asarray([prompt_ids] * args["num_samples"], jnp.int32)  # (num_samples, T0)
-    tokens = generate(config.model, params, prompt, args["max_new_tokens"], jax.random.key(args["seed"]),
+    tokens = generate(model, params, prompt, args["max_new_tokens"], jax.random.key(args["seed"]),
                       temperature=args["temperature"], top_k=args["top_k"], top_p=args["top_p"], cache=args["cache"])
     samples = [tokenizer.decode(row) for row in np.asarray(tokens)]
     print(f"\n{RULE}\n".join(samples))
+
+
+def _load(args: dict) -> tuple[GPTConfig, dict, Tokenizer]:
+    """(model config, params in --dtype, tokenizer) of --out_dir (a run's latest checkpoint) or --init_from."""
+    if args["out_dir"] is not None:
+        if not Path(args["out_dir"]).is_dir():
+            raise UsageError(f"--out_dir {args['out_dir']!r} does not exist; pass the out_dir of a training run")
+        config, params, tokenizer = checkpoint.load(args["out_dir"])
+        return config.model, pretrained.cast_params(params, args["dtype"]), tokenizer
+    model, params, tokenizer = pretrained.load(args["init_from"], args["dtype"])
+    if tokenizer is None:
+        raise UsageError(f"{args['init_from']} does not say which tokenizer it was trained with; convert it with "
+                         "its tokenizer (python -m jaxgpt.convert MODEL.pt OUT_DIR --tokenizer=FILE) and sample "
+                         "--out_dir=OUT_DIR")
+    return model, params, tokenizer
 
 
 def entry_point() -> None:

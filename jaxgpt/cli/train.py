@@ -11,7 +11,8 @@ from jaxgpt.interrupt import stop_on_signals
 from jaxgpt.rundir import RunDir
 from jaxgpt.train import train
 
-DESCRIPTION = "Train a GPT on a text file. Every field of the config is a flag: --config=NAME, then --field=value."
+DESCRIPTION = ("Train a GPT on a text file or a prepared dataset, from a fresh init or from pretrained weights "
+               "(--init_from). Every field of the config is a flag: --config=NAME, then --field=value.")
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -1,0 +1,44 @@
+"""`python -m jaxgpt.eval SOURCE --data_path=PATH`: loss, perplexity and bits per byte of any model over a whole
+split (see jaxgpt.eval)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from jaxgpt import compile_cache
+from jaxgpt.cli import ArgumentParser, run_cli
+from jaxgpt.eval import evaluate
+from jaxgpt.pretrained import DTYPES, HUB_MODELS
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = ArgumentParser(prog="python -m jaxgpt.eval", formatter_class=argparse.HelpFormatter,
+                            description="Loss, perplexity and bits per byte of a model over a whole split, in "
+                                        "consecutive windows (deterministic).")
+    parser.add_argument("source", metavar="SOURCE", help=f"the weights: {', '.join(HUB_MODELS)} (Hugging Face hub), a "
+                        "run directory, a save_pretrained directory or a .pt file")
+    parser.add_argument("--data_path", metavar="PATH", help="a text file (character tokens) or a dataset directory "
+                        "from python -m jaxgpt.prepare (default: $JAXGPT_DATA, the cache or a download)")
+    parser.add_argument("--split", choices=["train", "val"], default="val", help="default: %(default)s")
+    parser.add_argument("--batch_size", type=int, default=8, metavar="N", help="windows per batch (default: "
+                        "%(default)s)")
+    parser.add_argument("--block_size", type=int, metavar="T", help="window length, at most the model's context "
+                        "(default: the model's)")
+    parser.add_argument("--dtype", choices=list(DTYPES), default="float32",
+                        help="the weights in memory: bfloat16 halves it (default: %(default)s)")
+    args = parser.parse_args(sys.argv[1:] if argv is None else argv)
+    compile_cache.enable_default()
+    result = evaluate(args.source, args.data_path, args.split, args.batch_size, args.block_size, args.dtype)
+    print(f"{args.source} on {args.data_path or 'the data'} ({args.split}): loss {result.loss:.4f}, perplexity "
+          f"{result.perplexity:.2f}, {result.bpb:.4f} bits per byte ({result.tokens:,} tokens in "
+          f"{result.windows:,} windows of {result.block_size})")
+
+
+def entry_point() -> None:
+    """The `jaxgpt-eval` console script."""
+    run_cli(main)
+
+
+if __name__ == "__main__":
+    entry_point()
