@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
+pytest_plugins = ["gpt2_standins"]  # the GPT-2 stand-ins' fixtures: hf, gpt2_data, gpt2_encoding
 
 
 def pytest_configure(config) -> None:

@@ -75,3 +75,25 @@ def hf_logits(model: GPT2LMHeadModel, idx: np.ndarray) -> np.ndarray:
     """The Hugging Face model's logits (B, T, V) for token ids idx (B, T)."""
     with torch.no_grad():
         return model(torch.as_tensor(np.asarray(idx), dtype=torch.long)).logits.numpy()
+
+
+# Fixtures (a pytest plugin: tests/conftest.py). Modules that use the stand-ins mark themselves
+# `pytestmark = pytest.mark.usefixtures("gpt2_encoding")`.
+
+@pytest.fixture
+def gpt2_encoding(monkeypatch):
+    """tiktoken's GPT-2 encoding is the tiny one for the test."""
+    use_tiny_gpt2_encoding(monkeypatch)
+
+
+@pytest.fixture(scope="module")
+def hf(tmp_path_factory):
+    """(save_pretrained directory, the transformers model saved there)."""
+    directory = tmp_path_factory.mktemp("gpt2")
+    return directory, save_tiny_gpt2(directory)
+
+
+@pytest.fixture
+def gpt2_data(tmp_path, small_text_file):
+    """The small text prepared with (the stand-in of) GPT-2's encoding."""
+    return prepare_gpt2(small_text_file, tmp_path / "gpt2_data")

@@ -13,7 +13,7 @@ import jax
 import numpy as np
 import pytest
 import torch
-from gpt2_standins import VOCAB_SIZE, prepare_gpt2, save_tiny_gpt2, use_tiny_gpt2_encoding
+from gpt2_standins import VOCAB_SIZE
 
 from jaxgpt.cli import run_cli
 from jaxgpt.cli.eval import main
@@ -26,23 +26,8 @@ from jaxgpt.prepare import open_prepared
 from jaxgpt.tokenizers import CharTokenizer
 from jaxgpt.train import Run
 
+pytestmark = pytest.mark.usefixtures("gpt2_encoding")  # GPT-2's encoding: the tiny stand-in
 T = 16  # the windows scored: shorter than the stand-in's 32 positions, so transformers can see T + 1 tokens
-
-
-@pytest.fixture(autouse=True)
-def gpt2_encoding(monkeypatch):
-    use_tiny_gpt2_encoding(monkeypatch)
-
-
-@pytest.fixture(scope="module")
-def hf(tmp_path_factory):
-    directory = tmp_path_factory.mktemp("gpt2")
-    return directory, save_tiny_gpt2(directory)
-
-
-@pytest.fixture
-def gpt2_data(tmp_path, small_text_file):
-    return prepare_gpt2(small_text_file, tmp_path / "gpt2_data")
 
 
 def test_the_loss_is_the_one_transformers_computes_on_the_same_windows(hf, gpt2_data):

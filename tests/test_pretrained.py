@@ -23,7 +23,6 @@ from gpt2_standins import (
     prepare_gpt2,
     save_tiny_gpt2,
     use_hub_standin,
-    use_tiny_gpt2_encoding,
 )
 from safetensors.numpy import save_file
 from torch_models import layout_config, torch_logits, torch_model
@@ -38,28 +37,12 @@ from jaxgpt.model import build_model
 from jaxgpt.tokenizers import CharTokenizer
 from jaxgpt.train import Run, train
 
+pytestmark = pytest.mark.usefixtures("gpt2_encoding")  # GPT-2's encoding: the tiny stand-in
 CHAR_SIZES = {"block_size": 16, "n_layer": 2, "n_head": 2, "n_embd": 16, "dropout": 0.0}
 
 
 def quiet(_: str) -> None:
     pass
-
-
-@pytest.fixture(autouse=True)
-def gpt2_encoding(monkeypatch):
-    use_tiny_gpt2_encoding(monkeypatch)
-
-
-@pytest.fixture(scope="module")
-def hf(tmp_path_factory):
-    """(save_pretrained directory, the transformers model saved there)."""
-    directory = tmp_path_factory.mktemp("gpt2")
-    return directory, save_tiny_gpt2(directory)
-
-
-@pytest.fixture
-def gpt2_data(tmp_path, small_text_file):
-    return prepare_gpt2(small_text_file, tmp_path / "gpt2_data")
 
 
 def char_vocab(text_file) -> int:
