@@ -11,8 +11,9 @@ unmap) lets every call reuse the same pages: 0 faults per call after the first.
 The price: memory freed by the process stays with it until it exits, and for steps whose temporaries are large
 the heap fragments: at the `lecture` size (4.5 GB of temporaries per step) the process grew by a step's
 temporaries every few steps, to 24 GB and the out-of-memory killer within 12 steps and an evaluation. So
-`jaxgpt.train` returns to glibc's defaults for large blocks (`use_default_malloc`) when a step's activations
-(`step_activation_bytes`) exceed KEEP_FREED_LIMIT; there the page faults are a small part of a long step.
+`jaxgpt.train` returns to glibc's defaults for large blocks (`use_default_malloc`) unless `worth_keeping`: when a
+step's activations (`step_activation_bytes`) exceed KEEP_FREED_LIMIT, or the run starts from pretrained weights;
+there the page faults are a small part of a long step.
 Process-wide, hence called by the command lines (`jaxgpt.cli.run_cli`) and not by library calls; a notebook or
 script may call `keep_freed_memory()` itself, first thing. Settings given in `GLIBC_TUNABLES` win. Elsewhere
 than glibc (macOS, musl), nothing changes.
@@ -25,7 +26,7 @@ import ctypes.util
 import os
 import platform
 
-from jaxgpt.config import GPTConfig
+from jaxgpt.config import GPTConfig, TrainConfig
 
 # mallopt parameters, from glibc's malloc.h
 M_TRIM_THRESHOLD = -1
@@ -34,7 +35,7 @@ M_ARENA_MAX = -8
 
 NEVER_TRIM = 2**31 - 1  # the largest value mallopt accepts (an int)
 DEFAULT_MMAP_MAX, DEFAULT_TRIM_THRESHOLD = 65536, 128 * 1024  # glibc's defaults
-KEEP_FREED_LIMIT = 2**30  # bytes of a train step's activations up to which keeping freed memory pays
+KEEP_FREED_LIMIT = 2**29  # bytes of a train step's activations up to which freed memory is kept (512 MiB)
 
 
 def _mallopt(settings: tuple[tuple[int, int], ...]) -> bool:
@@ -54,6 +55,13 @@ def use_default_malloc() -> bool:
     """Undo `keep_freed_memory` for large blocks: mmap them and trim the heap again (one arena stays). Returns
     whether the settings were applied."""
     return _mallopt(((M_MMAP_MAX, DEFAULT_MMAP_MAX), (M_TRIM_THRESHOLD, DEFAULT_TRIM_THRESHOLD)))
+
+
+def worth_keeping(config: TrainConfig) -> bool:
+    """Whether keeping freed memory pays for a training run of `config`: not if a step's activations exceed
+    KEEP_FREED_LIMIT, nor from pretrained weights (`init_from`: GPT-2's size at least, and their shapes are not
+    known before they are read)."""
+    return not config.init_from and step_activation_bytes(config.model, config.batch_size) <= KEEP_FREED_LIMIT
 
 
 def step_activation_bytes(model: GPTConfig, batch_size: int) -> float:

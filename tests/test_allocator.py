@@ -70,13 +70,13 @@ def test_activation_estimate_is_within_a_factor_of_two_of_xla_plan(config_name: 
     assert planned / 2 < step_activation_bytes(config.model, batch_size) < 2 * planned
 
 
-def test_the_lecture_size_returns_to_default_malloc() -> None:
-    from jaxgpt.allocator import KEEP_FREED_LIMIT, step_activation_bytes
+def test_large_steps_and_pretrained_starts_return_to_default_malloc() -> None:
+    from jaxgpt.allocator import worth_keeping
     from jaxgpt.config import load_config
 
-    for name, kept in (("small", True), ("speedrun", True), ("lecture", False), ("shakespeare_char", False)):
-        config = load_config(name)
-        assert (step_activation_bytes(config.model, config.batch_size) <= KEEP_FREED_LIMIT) == kept, name
+    for name, kept in (("small", True), ("speedrun", True), ("lecture", False), ("shakespeare_char", False),
+                       ("finetune_shakespeare", False)):
+        assert worth_keeping(load_config(name)) == kept, name
 
 
 def test_glibc_tunables_win(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -20,7 +20,7 @@ def main(argv: list[str] | None = None) -> None:
     options = {"prog": "python -m jaxgpt.train", "description": DESCRIPTION}
     config = parse_train_args(argv, **options)
     compile_cache.enable_default()
-    if allocator.step_activation_bytes(config.model, config.batch_size) > allocator.KEEP_FREED_LIMIT:
+    if not allocator.worth_keeping(config):
         allocator.use_default_malloc()  # kept, blocks this large fragment the heap (jaxgpt/allocator.py)
     run_config = RunDir(config.out_dir).config_file
     if config.resume and run_config.is_file() and not any(arg.startswith("--config") for arg in argv):
