@@ -286,7 +286,7 @@ def _read_checkpoint_params(run_dir: RunDir, step: int | Literal["best"] | None)
     try:
         latest, best = _manager(run_dir.checkpoints, keep=None), _manager(run_dir.best, keep=None)
         steps = {latest: latest.all_steps(), best: best.all_steps()}
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):  # a step directory deleted while orbax listed it
         raise _Vanished from None
     with latest, best:
         if step is None:
