@@ -24,7 +24,7 @@ from jaxgpt.config import HOW_TO_COMPUTE, GPTConfig
 from jaxgpt.convert import detect_layout, from_torch_state_dict, load_torch_checkpoint
 from jaxgpt.errors import UsageError
 from jaxgpt.rundir import RunDir
-from jaxgpt.tokenizers import Tokenizer, gpt2_tokenizer
+from jaxgpt.tokenizers import Tokenizer, describe, gpt2_tokenizer
 
 # --init_from names -> Hugging Face hub repositories (safetensors weights)
 HUB_MODELS = {"gpt2": "openai-community/gpt2", "gpt2-medium": "openai-community/gpt2-medium",
@@ -194,15 +194,6 @@ def crop_block_size(params: dict, config: GPTConfig) -> dict:
     return {**params, "position_embedding_table": {**table, "embedding": table["embedding"][: config.block_size]}}
 
 
-def describe_tokenizer(tokenizer: Tokenizer) -> str:
-    """A tokenizer in a few words, for messages."""
-    if tokenizer.kind == "tiktoken":
-        return f"GPT-2's encoding ({tokenizer.vocab_size} tokens)"
-    if tokenizer.kind == "bpe":
-        return f"a BPE of {tokenizer.vocab_size} tokens"
-    return f"character tokens ({tokenizer.vocab_size})"
-
-
 def check_data_tokenizer(source: str, weights_tokenizer: Tokenizer | None, vocab_size: int, data: str,
                          data_tokenizer: Tokenizer) -> Tokenizer:
     """The tokenizer of a run or evaluation of `source`'s weights on `data`: the weights' own, which the data must
@@ -211,7 +202,7 @@ def check_data_tokenizer(source: str, weights_tokenizer: Tokenizer | None, vocab
     if weights_tokenizer is None:
         if data_tokenizer.vocab_size != vocab_size:
             raise UsageError(f"{source} has a vocabulary of {vocab_size} tokens but {data} holds "
-                             f"{describe_tokenizer(data_tokenizer)}; use the data it was trained on, or convert it "
+                             f"{describe(data_tokenizer)}; use the data it was trained on, or convert it "
                              "with its tokenizer: python -m jaxgpt.convert MODEL.pt OUT_DIR --tokenizer=FILE")
         return data_tokenizer
     if weights_tokenizer.fingerprint() == data_tokenizer.fingerprint():
@@ -222,8 +213,8 @@ def check_data_tokenizer(source: str, weights_tokenizer: Tokenizer | None, vocab
                "then pass --data_path=DATA_DIR")
     else:
         fix = "use data tokenized with the weights' tokenizer (for a character model, the text it was trained on)"
-    raise UsageError(f"{source} uses {describe_tokenizer(weights_tokenizer)} but {data} holds "
-                     f"{describe_tokenizer(data_tokenizer)}; {fix}")
+    raise UsageError(f"{source} uses {describe(weights_tokenizer)} but {data} holds "
+                     f"{describe(data_tokenizer)}; {fix}")
 
 
 DTYPES: dict[str, Any] = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}  # the weights' dtypes for inference

@@ -253,6 +253,15 @@ def gpt2_tokenizer() -> TiktokenTokenizer:
 KINDS: dict[str, type] = {"char": CharTokenizer, "bpe": BPETokenizer, "tiktoken": TiktokenTokenizer}
 
 
+def describe(tokenizer: Tokenizer) -> str:
+    """A tokenizer in a few words, for messages: "character tokens (65)", "a BPE of 512 tokens"."""
+    if tokenizer.kind == "tiktoken":
+        return f"GPT-2's encoding ({tokenizer.vocab_size} tokens)"
+    if tokenizer.kind == "bpe":
+        return f"a BPE of {tokenizer.vocab_size} tokens"
+    return f"character tokens ({tokenizer.vocab_size})"
+
+
 def tokenizer_from_json(text: str) -> Tokenizer:
     """Any kind saved by `to_json`; the older `{"chars": ...}` (no "kind") is a character tokenizer. ValueError,
     KeyError or TypeError for anything else."""

@@ -39,7 +39,7 @@ from jaxgpt.optim import learning_rate_schedule, make_optimizer
 from jaxgpt.plot import write_loss_plot
 from jaxgpt.rundir import RunDir
 from jaxgpt.sample import default_prompt, generate
-from jaxgpt.tokenizers import Tokenizer
+from jaxgpt.tokenizers import Tokenizer, describe
 
 PROGRESS_EVERY = 50  # steps between progress-bar loss readings
 FULL_EVAL_BATCHES = 16  # batches of consecutive windows per compiled call of the whole-split loss
@@ -516,10 +516,9 @@ class Run:
         """A resumed run reads tokens of the tokenizer it was trained with (a clearer error than the data's sha256)."""
         saved, now = self.run_dir.read_tokenizer(), self.dataset.tokenizer
         if saved.fingerprint() != now.fingerprint():
-            raise UsageError(f"cannot resume {self.run_dir}: it was trained on tokens of a {saved.kind} tokenizer "
-                             f"({saved.vocab_size} tokens), but {self.config.data_path or 'the data'} has tokens of a "
-                             f"{now.kind} tokenizer ({now.vocab_size} tokens); resume with the data the run was "
-                             "trained on, or start a new --out_dir")
+            raise UsageError(f"cannot resume {self.run_dir}: it was trained on {describe(saved)}, but "
+                             f"{self.config.data_path or 'the data'} holds {describe(now)}; resume with the data the "
+                             "run was trained on, or start a new --out_dir")
 
     def raise_if_diverged(self) -> None:
         """Stop with a clear error once a step went non-finite (reads one scalar: waits for the device)."""

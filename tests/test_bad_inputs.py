@@ -98,8 +98,8 @@ TRAIN_ROWS = [
     ("resume on another text", ["--resume", "--out_dir={copy}", "--data_path={reversed}"],
      "the training text differs from the checkpoint's (sha256 mismatch); use the same --data_path"),
     ("resume on another alphabet", ["--resume", "--out_dir={copy}", "--data_path={latin1_utf8}"],
-     "cannot resume {copy}: it was trained on tokens of a char tokenizer (58 tokens), but {latin1_utf8} has tokens "
-     "of a char tokenizer (5 tokens); resume with the data the run was trained on, or start a new --out_dir"),
+     "cannot resume {copy}: it was trained on character tokens (58), but {latin1_utf8} holds character tokens (5); "
+     "resume with the data the run was trained on, or start a new --out_dir"),
     ("config file missing", ["--config={root}/missing.json"], "config file '{root}/missing.json' does not exist"),
     ("config JSON broken", ["--config={broken}"], "{broken} is not a valid jaxgpt config: Expecting value"),
     ("config JSON unknown field", ["--config={unknown}"],

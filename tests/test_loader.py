@@ -195,6 +195,5 @@ def test_resume_with_data_of_another_tokenizer_is_refused_in_one_line(char_datas
         run_cli(train_main, [*common, f"--data_path={bpe}", "--max_iters=4", "--resume"])
     err = capsys.readouterr().err
     assert exited.value.code == 2
-    assert err == (f"error: cannot resume {run}: it was trained on tokens of a char tokenizer (58 tokens), but {bpe} "
-                   "has tokens of a bpe tokenizer (300 tokens); resume with the data the run was trained on, or "
-                   "start a new --out_dir\n")
+    assert err == (f"error: cannot resume {run}: it was trained on character tokens (58), but {bpe} holds a BPE "
+                   "of 300 tokens; resume with the data the run was trained on, or start a new --out_dir\n")
