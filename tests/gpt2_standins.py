@@ -4,16 +4,19 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pytest
 import tiktoken
 import torch
-from transformers import GPT2Config, GPT2LMHeadModel
 
 from jaxgpt import pretrained
 from jaxgpt.prepare import prepare
 from jaxgpt.tokenizers import EOT
+
+if TYPE_CHECKING:  # transformers takes seconds to import: only the tests that build a model pay for it
+    from transformers import GPT2LMHeadModel
 
 GPT2_PATTERN = r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
 BLOCK_SIZE = 32  # the stand-in's n_positions
@@ -36,6 +39,8 @@ def use_tiny_gpt2_encoding(monkeypatch: pytest.MonkeyPatch) -> None:
 def tiny_gpt2(seed: int = 0, **changes) -> GPT2LMHeadModel:
     """A small random GPT-2 with GPT-2's vocabulary stand-in; every parameter drawn from N(0, 0.1^2) (LayerNorm
     scales around 1), so that nothing is left at an init that hides mistakes."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
     torch.manual_seed(seed)
     settings = {"vocab_size": VOCAB_SIZE, "n_positions": BLOCK_SIZE, "n_embd": 32, "n_layer": 2, "n_head": 2,
                 "bos_token_id": None, "eos_token_id": None, "attn_implementation": "eager", **changes}

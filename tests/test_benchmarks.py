@@ -26,7 +26,9 @@ def run_script(name: str, *args: str, data_path: str, smoke: bool = False) -> st
 
 
 @pytest.mark.parametrize("name, args, expected", [
-    ("train_speed.py", ["--configs=tiny", "--rounds=1", "--seconds=0.05", *TINY], "summary: tiny: jaxgpt is"),
+    # the two modes, each with one of the two PyTorch implementations
+    ("train_speed.py", ["--configs=tiny", "--rounds=1", "--seconds=0.05", "--impls=torch nanoGPT", *TINY],
+     "x the faster PyTorch variant"),
     ("train_speed.py", ["--configs=tiny", "--rounds=1", "--seconds=0.05", "--one_at_a_time", "--impls=torch lecture",
                         *TINY], "summary: tiny: jaxgpt is"),
     ("profile_step.py", ["--config=tiny", "--steps=2", *TINY], "by pass:"),
