@@ -24,16 +24,6 @@ def pytest_configure(config) -> None:
     os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 
 
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """pytest-xdist (`--dist loadgroup`) hands the workers single tests, so no worker waits alone at the end on a
-    long file; the tests of a module that share a module-scoped fixture (test_sharding's multi-process runs, say)
-    form one group, which one worker runs, so the fixture is built once."""
-    for item in items:
-        definitions = getattr(item, "_fixtureinfo", None)
-        if definitions and any(d.scope == "module" for defs in definitions.name2fixturedefs.values() for d in defs):
-            item.add_marker(pytest.mark.xdist_group(item.module.__name__))
-
-
 @pytest.fixture(scope="session")
 def shakespeare_path() -> Path:
     """$JAXGPT_DATA if set, else the user-cache copy, downloaded once (sha256-verified) if missing."""
