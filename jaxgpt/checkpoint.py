@@ -63,8 +63,11 @@ def _reason(err: BaseException) -> str:
     return lines[0].split(" [tensorstore_spec=")[0][:200]
 
 
-def _all_finite(tree) -> bool:
-    return all(bool(jnp.isfinite(leaf).all()) for leaf in jax.tree_util.tree_leaves(tree))
+@jax.jit
+def _all_finite(tree) -> jax.Array:
+    """() bool: whether every element of every leaf is finite; one compiled call and one value read back, not two
+    small programs and a read per leaf."""
+    return jnp.array([jnp.isfinite(leaf).all() for leaf in jax.tree_util.tree_leaves(tree)]).all()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -213,7 +216,7 @@ def _restore_checked(manager: ocp.CheckpointManager, step: int, args: ocp.args.C
     restored = manager.restore(step, args=args)
     if restored.meta.get("step") != step or "config" not in restored.meta:
         raise ValueError(f"its meta does not describe step {step}")
-    if not _all_finite(restored.params):
+    if not bool(_all_finite(restored.params)):
         raise ValueError("its params are not all finite")
     return restored
 

@@ -20,6 +20,7 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 import numpy as np
+import orbax.checkpoint as ocp
 import pytest
 
 from jaxgpt import checkpoint, optim, rundir
@@ -157,13 +158,27 @@ def corrupt_meta(step_dir: Path) -> None:
     (step_dir / "meta" / "metadata").write_text('{"step": ')
 
 
-@pytest.mark.parametrize("damage", [truncate_arrays, delete_params, corrupt_meta])
-def test_damaged_newest_checkpoint_falls_back_to_the_previous(straight, tmp_path, damage):
+def nan_in_params(step_dir: Path) -> None:
+    """The checkpoint written again, complete and readable, with one NaN in its params (a diverged state)."""
+    with ocp.CheckpointManager(step_dir.parent) as manager:
+        restored = manager.restore(int(step_dir.name))
+        params = jax.tree_util.tree_map(np.array, restored["params"])  # writable copies
+        leaf = jax.tree_util.tree_leaves(params)[0]
+        leaf.flat[0] = np.nan
+        manager.delete(int(step_dir.name))
+        manager.save(int(step_dir.name), args=ocp.args.Composite(
+            params=ocp.args.StandardSave(params), opt_state=ocp.args.StandardSave(restored["opt_state"]),
+            meta=ocp.args.JsonSave(restored["meta"])))
+
+
+@pytest.mark.parametrize(("damage", "reason"), [(truncate_arrays, ""), (delete_params, ""), (corrupt_meta, ""),
+                                                (nan_in_params, "its params are not all finite")])
+def test_damaged_newest_checkpoint_falls_back_to_the_previous(straight, tmp_path, damage, reason):
     run = copy_run(straight, tmp_path / "run")
     damage(run / "checkpoints" / "60")
     lines: list[str] = []
     train(dataclasses.replace(straight.config, out_dir=str(run), resume=True), log=lines.append)
-    assert any(line.startswith("checkpoint at step 60 is unusable (") for line in lines), lines
+    assert any(line.startswith(f"checkpoint at step 60 is unusable ({reason}") for line in lines), lines
     assert "falling back to the previous complete checkpoint, step 45" in lines
     assert step_dirs(run, rundir.UNUSABLE) == [60]  # kept for inspection, out of the way
     assert_same_run(run, straight)
