@@ -10,6 +10,7 @@ import sys
 import pytest
 
 from jaxgpt.cli import parse_train_args
+from jaxgpt.cli.sample import parse_sample_args
 from jaxgpt.config import GPTConfig, TrainConfig, load_config
 from jaxgpt.errors import UsageError
 
@@ -112,6 +113,9 @@ def test_help_describes_every_field_with_the_configs_default():
 def test_optional_fields_take_none():
     assert parse_train_args(["--peak_flops=2e12"]).peak_flops == 2e12
     assert parse_train_args(["--peak_flops=2e12", "--peak_flops=none"]).peak_flops is None
+    assert parse_train_args(["--peak_flops=2e12", "--peak_flops", "NONE"]).peak_flops is None
+    sample_args = parse_sample_args(["--out_dir=run", "--top_k=none", "--top_p=", "--temperature=0.5"])
+    assert sample_args["top_k"] is None and sample_args["top_p"] is None  # the same words as training's flags
     assert parse_train_args(["--data_path="]).data_path is None
     assert parse_train_args(["--resume"]).resume and not parse_train_args(["--resume=false"]).resume
     assert parse_train_args(["--bias=false"]).model.bias is False

@@ -69,15 +69,20 @@ def _flag_fields(cls: type) -> dict[str, Any]:
     return fields
 
 
+def means_none(value: str) -> bool:
+    """Whether a flag's value says None: "none" (any case) or nothing, for every tool's optional flags."""
+    return value.lower() in ("none", "")
+
+
 def _none_for_optional(argv: list[str], optional: set[str]) -> list[str]:
     """`--peak_flops=none` (or `=` with nothing) -> `--peak_flops`, which simple-parsing reads as None; it would
     take "none" for a value of the field's type otherwise."""
     out = []
     for i, token in enumerate(argv):
         key, eq, value = token[2:].partition("=") if token.startswith("--") else ("", "", "")
-        if key in optional and eq and value.lower() in ("none", ""):
+        if key in optional and eq and means_none(value):
             out.append(f"--{key}")
-        elif i and argv[i - 1][2:] in optional and token.lower() == "none":
+        elif i and argv[i - 1][2:] in optional and means_none(token):
             continue  # `--peak_flops none`
         else:
             out.append(token)

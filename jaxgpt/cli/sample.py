@@ -13,7 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxgpt import checkpoint, compile_cache, pretrained
-from jaxgpt.cli import ArgumentParser, run_cli
+from jaxgpt.cli import ArgumentParser, means_none, run_cli
 from jaxgpt.config import GPTConfig, seed_range
 from jaxgpt.errors import UsageError
 from jaxgpt.sample import Cache, default_prompt, generate
@@ -23,7 +23,7 @@ RULE = "-" * 40  # printed between samples
 
 
 def _optional(convert):
-    return lambda raw: None if raw.lower() in ("none", "") else convert(raw)
+    return lambda raw: None if means_none(raw) else convert(raw)
 
 
 def parse_sample_args(argv: list[str]) -> dict:
