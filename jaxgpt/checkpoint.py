@@ -65,8 +65,7 @@ def _reason(err: BaseException) -> str:
 
 @jax.jit
 def _all_finite(tree) -> jax.Array:
-    """() bool: whether every element of every leaf is finite; one compiled call and one value read back, not two
-    small programs and a read per leaf."""
+    """() bool: whether every element of every leaf is finite (one compiled call, one value to read back)."""
     return jnp.array([jnp.isfinite(leaf).all() for leaf in jax.tree_util.tree_leaves(tree)]).all()
 
 
