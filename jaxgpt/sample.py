@@ -7,8 +7,9 @@ give the same tokens for the same key:
 
 - `generate` (GPT or bigram, as the config says): a prefill pass over the prompt fills a per-layer KV cache,
   then a `lax.scan` adds one token per step, feeding only the newest token. The cache grows to block_size in
-  KV_CACHE_GROWTH steps (a scan per size, compiled together), so attention reads about the positions in use,
-  not all block_size. Once the context exceeds block_size, `cache` chooses:
+  up to KV_CACHE_GROWTH steps of at least KV_CACHE_MIN_STEP positions (a scan per size, compiled together), so
+  attention reads about the positions in use, not all block_size. Once the context exceeds block_size, `cache`
+  chooses:
   - "recompute" (the default; the lecture's semantics): the positions of all kept tokens shift with every new
     token (and, with the oldest token dropped, so do their keys and values from the second layer on), so each
     step reruns the model on the last block_size tokens (in the same compiled loop; about block_size times the
@@ -46,9 +47,11 @@ from jaxgpt.errors import UsageError
 from jaxgpt.model import Decode, build_model, has_rolling_cache
 from jaxgpt.tokenizers import Tokenizer
 
-# The KV cache grows to block_size in this many equal steps. More steps: less cache read per token, one more
-# scan body to compile each (lecture config on CPU, 1 -> 4: ~40% more tokens/s, ~2 s more compile time).
-KV_CACHE_GROWTH = 4
+# The KV cache grows to block_size in equal steps. More steps: less cache read per token, one more scan body to
+# compile each (lecture config on CPU, 1 -> 4 sizes: ~40% more tokens/s, ~2 s more compile time). A step of fewer
+# than KV_CACHE_MIN_STEP positions saves milliseconds per sample and costs seconds to compile (docs/sampling.md).
+KV_CACHE_GROWTH = 4  # the most sizes
+KV_CACHE_MIN_STEP = 64  # the fewest positions per step
 Cache = Literal["recompute", "rolling"]  # what `generate` does beyond block_size (module docstring)
 
 
@@ -156,8 +159,10 @@ def _generate_recompute(model: nn.Module, params, prompt: jax.Array, key: jax.Ar
 
 
 def kv_cache_sizes(block_size: int) -> list[int]:
-    """The sizes (positions) the sampler's KV cache grows through: KV_CACHE_GROWTH equal steps to block_size."""
-    return sorted({-(-block_size * step // KV_CACHE_GROWTH) for step in range(1, KV_CACHE_GROWTH + 1)})
+    """The sizes (positions) the sampler's KV cache grows through: equal steps to block_size, at most
+    KV_CACHE_GROWTH of them and at least KV_CACHE_MIN_STEP positions each (so one size below block_size 128)."""
+    steps = max(1, min(KV_CACHE_GROWTH, block_size // KV_CACHE_MIN_STEP))
+    return sorted({-(-block_size * step // steps) for step in range(1, steps + 1)})
 
 
 def _resize_cache(cache, size: int):
@@ -170,11 +175,12 @@ def _resize_cache(cache, size: int):
     return jax.tree_util.tree_map(resize, cache)
 
 
-@functools.partial(jax.jit, static_argnames=("config", "max_new_tokens", "cache"))
+@functools.partial(jax.jit, static_argnames=("config", "max_new_tokens", "cache", "cache_sizes"))
 def _generate_cached(config: GPTConfig, params, prompt: jax.Array, key: jax.Array, sampling: Sampling, *,
-                     max_new_tokens: int, cache: Cache) -> jax.Array:
-    """Prefill the KV cache, decode one token per step while the context fits, then recompute per token or
-    (cache="rolling") go on decoding into the KV cache as a ring buffer."""
+                     max_new_tokens: int, cache: Cache, cache_sizes: tuple[int, ...]) -> jax.Array:
+    """Prefill the KV cache, decode one token per step while the context fits (growing the cache through
+    `cache_sizes`, the last one block_size), then recompute per token or (cache="rolling") go on decoding into the
+    KV cache as a ring buffer."""
     model, T0 = build_model(config), prompt.shape[1]
     tokens = _token_buffer(prompt, max_new_tokens)
     # prefill: the last block_size prompt tokens (the lecture's crop) fill the cache and give new token 0
@@ -195,7 +201,7 @@ def _generate_cached(config: GPTConfig, params, prompt: jax.Array, key: jax.Arra
 
     n_cached = min(max_new_tokens, max(config.block_size - T0, 0) + 1)  # new tokens whose context fits the cache
     start = 1
-    for size in kv_cache_sizes(config.block_size):  # one scan per cache size: attention reads only that many
+    for size in cache_sizes:  # one scan per cache size: attention reads only that many
         stop = min(n_cached, size - T0 + 1)  # new token i reads and writes cache positions < T0 + i
         if start < stop:
             carry = (tokens, _resize_cache(kv, size))
@@ -246,7 +252,8 @@ def generate(config: GPTConfig, params, prompt: jax.Array, max_new_tokens: int, 
     if max_new_tokens == 0:
         return prompt
     return _generate_cached(config, params, prompt, key, Sampling.of(config.vocab_size, temperature, top_k, top_p),
-                            max_new_tokens=int(max_new_tokens), cache=cache)
+                            max_new_tokens=int(max_new_tokens), cache=cache,
+                            cache_sizes=tuple(kv_cache_sizes(config.block_size)))
 
 
 if __name__ == "__main__":  # `python -m jaxgpt.sample`: the command line lives in jaxgpt/cli/sample.py

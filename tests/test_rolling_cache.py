@@ -21,7 +21,7 @@ from torch_models import random_params
 
 from jaxgpt.errors import UsageError
 from jaxgpt.model import GPT, GPTConfig
-from jaxgpt.sample import Sampling, draw_token, generate, generate_with_model
+from jaxgpt.sample import Sampling, _generate_cached, draw_token, generate, generate_with_model
 
 W = 8  # block_size: the window
 ROPE = GPTConfig(vocab_size=11, block_size=W, n_layer=3, n_head=2, n_embd=16, dropout=0.0, position="rope")
@@ -133,12 +133,18 @@ def recompute_logits(config: GPTConfig, params, tokens, prompt_len: int) -> jax.
 @pytest.mark.parametrize(("batch", "prompt_len"), [(3, 1), (2, 11)])  # the ring fills; prompt > block_size
 def test_rolling_sampler_gives_the_naive_rolling_loops_tokens_and_logits_in_float64(batch, prompt_len):
     """Multi-layer, five windows past block_size. The logits come from the model's decode path driven like the
-    sampler (ring from position block_size on) and, as well, with the ring from the prefill on (not yet full)."""
+    sampler (ring from position block_size on) and, as well, with the ring from the prefill on (not yet full).
+    From a 1-token prompt the cache first grows in 4 steps (as the sampler grows larger blocks'), then rolls."""
     with jax.enable_x64(True):
         params = params_of(ROPE)
         prompt = jax.random.randint(jax.random.key(prompt_len), (batch, prompt_len), 0, ROPE.vocab_size)
         key = jax.random.key(3)
-        tokens = generate(ROPE, params, prompt, NEW, key, temperature=1.5, cache="rolling")
+        if prompt_len == 1:
+            tokens = _generate_cached(ROPE, params, prompt.astype(jnp.int32), key,
+                                      Sampling.of(ROPE.vocab_size, 1.5, None, None),
+                                      max_new_tokens=NEW, cache="rolling", cache_sizes=(2, 4, 6, 8))
+        else:
+            tokens = generate(ROPE, params, prompt, NEW, key, temperature=1.5, cache="rolling")
         expected, expected_logits = naive_rolling_generate(ROPE, params, prompt, NEW, key, 1.5)
         kept = min(prompt_len, W)  # the sampler prefills the prompt's last block_size tokens
         stream = tokens[:, prompt_len - kept:]

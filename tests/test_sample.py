@@ -15,6 +15,7 @@ from jaxgpt.errors import UsageError
 from jaxgpt.model import GPT, BigramLanguageModel, GPTConfig, init_params
 from jaxgpt.sample import (
     KV_CACHE_GROWTH,
+    KV_CACHE_MIN_STEP,
     Sampling,
     _generate_cached,
     draw_token,
@@ -26,6 +27,7 @@ from jaxgpt.sample import (
 from jaxgpt.torch_reference.lecture import GPTLanguageModel, load_jaxgpt_params
 
 TINY = GPTConfig(vocab_size=11, block_size=8, n_layer=2, n_head=2, n_embd=16, dropout=0.0)
+GROWTH = (2, 4, 6, 8)  # KV cache sizes growing to TINY's block_size in 4 steps, as the sampler grows larger blocks'
 
 
 def init(config: GPTConfig = TINY, seed: int = 0):
@@ -44,21 +46,29 @@ def naive_generate(config: GPTConfig, params, prompt, max_new_tokens: int, key, 
 
 
 @pytest.mark.parametrize(
-    ("batch", "prompt_len", "new", "sampling"),
+    ("batch", "prompt_len", "new", "sampling", "cache_sizes"),
     [
-        (3, 3, 12, {"temperature": 1.3, "top_k": 5, "top_p": 0.9}),  # crosses block_size (8) while generating
-        (2, 11, 6, {"temperature": 0.7, "top_k": None, "top_p": 0.8}),  # prompt longer than block_size
-        (1, 8, 3, {"temperature": 0.0, "top_k": None, "top_p": None}),  # prompt fills block_size; greedy
-        (2, 1, 9, {"temperature": 1.0, "top_k": None, "top_p": None}),  # the cache grows through 2, 4, 6, 8
+        # the cache grows through 4, 6, 8 (2 is below the prompt), then the context crosses block_size
+        (3, 3, 12, {"temperature": 1.3, "top_k": 5, "top_p": 0.9}, GROWTH),
+        (2, 11, 6, {"temperature": 0.7, "top_k": None, "top_p": 0.8}, None),  # prompt longer than block_size
+        (1, 8, 3, {"temperature": 0.0, "top_k": None, "top_p": None}, None),  # prompt fills block_size; greedy
+        (2, 1, 9, {"temperature": 1.0, "top_k": None, "top_p": None}, GROWTH),  # the cache grows through 2, 4, 6, 8
     ],
 )
-def test_cached_sampler_gives_the_naive_samplers_tokens_in_float64(batch, prompt_len, new, sampling):
+def test_cached_sampler_gives_the_naive_samplers_tokens_in_float64(batch, prompt_len, new, sampling, cache_sizes):
+    """`generate` (cache_sizes None: one cache size at this block_size) or its compiled sampler growing the cache
+    through `cache_sizes`, against the lecture's loop."""
     with jax.enable_x64(True):
         params = jax.tree_util.tree_map(lambda p: p.astype(jnp.float64), init())
         assert GPT(TINY).apply({"params": params}, jnp.zeros((1, 2), jnp.int32)).dtype == jnp.float64
         prompt = jax.random.randint(jax.random.key(prompt_len), (batch, prompt_len), 0, TINY.vocab_size)
         key = jax.random.key(42)
-        cached = generate(TINY, params, prompt, new, key, **sampling)
+        if cache_sizes is None:
+            cached = generate(TINY, params, prompt, new, key, **sampling)
+        else:
+            how = Sampling.of(TINY.vocab_size, **sampling)
+            cached = _generate_cached(TINY, params, prompt.astype(jnp.int32), key, how, max_new_tokens=new,
+                                      cache="recompute", cache_sizes=cache_sizes)
         recomputed = generate_with_model(GPT(TINY), params, prompt, new, key, block_size=TINY.block_size,
                                          vocab_size=TINY.vocab_size, **sampling)
         expected = naive_generate(TINY, params, prompt, new, key, **sampling)
@@ -68,12 +78,28 @@ def test_cached_sampler_gives_the_naive_samplers_tokens_in_float64(batch, prompt
     np.testing.assert_array_equal(recomputed, expected)
 
 
-def test_kv_cache_grows_to_block_size_in_equal_steps():
-    assert KV_CACHE_GROWTH == 4
-    assert kv_cache_sizes(256) == [64, 128, 192, 256]
-    assert kv_cache_sizes(TINY.block_size) == [2, 4, 6, 8]
-    assert kv_cache_sizes(6) == [2, 3, 5, 6]  # rounded up
+def test_kv_cache_grows_to_block_size_in_equal_steps_of_at_least_64_positions():
+    assert (KV_CACHE_GROWTH, KV_CACHE_MIN_STEP) == (4, 64)
+    assert kv_cache_sizes(256) == [64, 128, 192, 256]  # the lecture's
+    assert kv_cache_sizes(1024) == [256, 512, 768, 1024]
+    assert kv_cache_sizes(1001) == [251, 501, 751, 1001]  # rounded up
+    assert kv_cache_sizes(192) == [64, 128, 192]
+    assert kv_cache_sizes(128) == [64, 128]
+    assert kv_cache_sizes(127) == [127]
+    assert kv_cache_sizes(TINY.block_size) == [8]
     assert kv_cache_sizes(1) == [1]
+
+
+def test_generate_grows_the_cache_and_gives_the_lecture_loops_tokens():
+    """At block_size 128 `generate` grows the cache from 64 to 128 positions: the same tokens as the lecture's loop
+    (the recompute sampler, checked against the naive loop above), in float64."""
+    config = GPTConfig(vocab_size=11, block_size=128, n_layer=1, n_head=2, n_embd=8, dropout=0.0)
+    with jax.enable_x64(True):
+        params = jax.tree_util.tree_map(lambda p: p.astype(jnp.float64), init(config))
+        prompt, key = jnp.zeros((2, 1), jnp.int32), jax.random.key(7)
+        cached = generate(config, params, prompt, 100, key)  # new tokens 64 and on: the cache of 128
+        expected = generate_with_model(GPT(config), params, prompt, 100, key, block_size=128, vocab_size=11)
+    np.testing.assert_array_equal(cached, expected)
 
 
 def test_decode_steps_give_the_pytorch_references_next_token_distribution():
