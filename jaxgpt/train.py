@@ -89,7 +89,8 @@ def make_train_step(config: TrainConfig, model: LanguageModel, tx: optax.Gradien
     With `grad_accum` A > 1 a step's A micro-batches of B rows go forward and backward one after the other (a
     `lax.scan`: the memory of one micro-batch) and their mean gradient makes one update, equal to one batch of
     A * B rows. The batch is drawn whole (the same on any mesh) and split over the data axes; the state keeps
-    `placement`.
+    `placement` (pass one placed there, `jax.device_put(state, placement.state)`: another is moved, but the step
+    compiles once for it and once more for the placed states it returns).
 
     The first step whose loss or updated params are not finite is recorded in `first_bad_step`, which the
     host reads only where it waits for the device anyway (progress, evaluation, checkpoints) and before any

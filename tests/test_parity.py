@@ -242,6 +242,7 @@ def test_train_step_matches_pytorch_training(shakespeare_text):
     tx = make_optimizer(config)
     state = TrainState.fresh(params, tx)
     placement = sharding.Placement.for_state(sharding.make_mesh(1, jax.devices()[:1]), state)
+    state = jax.device_put(state, placement.state)  # as its outputs are placed: the step compiles once
     train_step = make_train_step(config, GPT(config.model), tx, placement)
     model = torch_model(config.model, "lecture")
     model.load_state_dict(torch_state_dict(params, config.model, "lecture"))

@@ -137,6 +137,7 @@ def _train_steps(config, data, steps: int):
     model, tx = build_model(config.model), make_optimizer(config)
     state = TrainState.fresh(init_params(config.model, jax.random.key(config.seed)), tx)
     placement = sharding.Placement.for_state(sharding.make_mesh(1, jax.devices()[:1]), state)
+    state = jax.device_put(state, placement.state)  # as its outputs are placed: the step compiles once
     step, losses = make_train_step(config, model, tx, placement), []
     for _ in range(steps):
         state, loss = step(state, data)
