@@ -43,7 +43,8 @@ def run_script(name: str, *args: str, data_path: str, smoke: bool = False) -> st
      "jaxgpt speed / nanoGPT-style speed"),
     ("speedrun.py", ["--rounds=1", "--nanogpt_iters=10", "--max_iters=10", "--eval_interval=10", *TINY],
      "of nanoGPT's recipe (target <= 0.333)"),
-    ("ablation.py", ["--options=muon", "--max_iters=4", "--eval_interval=4", *TINY], "without muon"),
+    # the steps of speedrun.py's run above: the unablated run reuses its compiled programs
+    ("ablation.py", ["--options=muon", "--max_iters=10", "--eval_interval=10", *TINY], "without muon"),
     ("tokenizer_speed.py", ["--vocab_sizes=300", "--big_megabytes=0.2", "--repeats=1"], "summary: pieces of"),
     ("prepare_big.py", ["--megabytes=2", "--files=3", "--vocab_size=300"], "open_prepared(verify=True)"),
     ("data_wait.py", ["--sizes=tiny", "--steps=tiny:20"], "wait share"),
