@@ -30,8 +30,9 @@ from jaxgpt.train import Run  # noqa: E402
 CALIBRATION_CALLS = 5
 
 
-def seconds_per_step(config) -> float:
-    """The config's training time per step on its data, after compilation (a few compiled calls)."""
+def seconds_per_step(config) -> tuple[float, int]:
+    """The config's training time per step on its data, after compilation (a few compiled calls), and the steps
+    per compiled call it ran."""
     with Run(dataclasses.replace(config, max_iters=10**6, eval_interval=10**6), log=lambda _: None) as run:
         run.step()  # compiles
         float(run.step())
@@ -39,7 +40,7 @@ def seconds_per_step(config) -> float:
         for _ in range(CALIBRATION_CALLS):
             loss = run.step()
         float(loss)
-        return (time.perf_counter() - started) / (CALIBRATION_CALLS * run.steps_per_call)
+        return (time.perf_counter() - started) / (CALIBRATION_CALLS * run.steps_per_call), run.steps_per_call
 
 
 def main() -> None:
@@ -61,8 +62,8 @@ def main() -> None:
             config = dataclasses.replace(base, data_path=str(data_dir), out_dir=str(Path(work) / f"run_{kind}{vocab}"),
                                          eval_at_start=False, eval_mode="full", progress=False, sample_chars=0,
                                          checkpoint_interval=10**6)
-            per_step = seconds_per_step(dataclasses.replace(config, out_dir=config.out_dir + "_calibration"))
-            steps = max(1, int(args.seconds / per_step))
+            per_step, per_call = seconds_per_step(dataclasses.replace(config, out_dir=config.out_dir + "_calibration"))
+            steps = max(1, round(args.seconds / per_step / per_call)) * per_call  # whole calls: the calibrated program
             config = dataclasses.replace(config, max_iters=steps, eval_interval=steps)
             started = time.perf_counter()
             with Run(config, log=lambda _: None) as run:
