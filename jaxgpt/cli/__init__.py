@@ -167,7 +167,8 @@ def quiet_checkpoint_failures() -> None:
     sys.unraisablehook = hook
     for name in ("asyncio", "absl"):
         logging.getLogger(name).addFilter(_OrbaxFailureLogFilter())
-    warnings.filterwarnings("ignore", message="coroutine '_read_array_index", category=RuntimeWarning)
+    for coroutine in ("_read_array_index", "async_serialize_from_host"):  # an abandoned read; a failed write
+        warnings.filterwarnings("ignore", message=f"coroutine '{coroutine}", category=RuntimeWarning)
 
 
 def run_cli(main: Callable[[list[str] | None], None], argv: list[str] | None = None) -> None:
