@@ -20,8 +20,8 @@ import subprocess
 import sys
 import tempfile
 
-from jaxgpt.config import load_config
-from jaxgpt.rundir import RunDir
+from jaxgpt.core.config import load_config
+from jaxgpt.store.rundir import RunDir
 
 # option -> the flags that turn it off
 OPTION_OFF = {

@@ -18,14 +18,14 @@ import tempfile
 import time
 from pathlib import Path
 
-from jaxgpt.allocator import keep_freed_memory
+from jaxgpt.system.allocator import keep_freed_memory
 
 keep_freed_memory()  # as the command lines do, before JAX starts its threads
 
 from jaxgpt.cli import parse_train_args  # noqa: E402
-from jaxgpt.data import resolve_data_path  # noqa: E402
-from jaxgpt.prepare import prepare  # noqa: E402
-from jaxgpt.train import Run  # noqa: E402
+from jaxgpt.data.text import resolve_data_path  # noqa: E402
+from jaxgpt.data.writer import prepare  # noqa: E402
+from jaxgpt.run.training import Run  # noqa: E402
 
 CALIBRATION_CALLS = 5
 

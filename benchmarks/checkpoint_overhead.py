@@ -24,9 +24,10 @@ import time
 
 import jax
 
-from jaxgpt.checkpoint import RunCheckpoints
-from jaxgpt.config import load_config
-from jaxgpt.train import Run, TrainState
+from jaxgpt.core.config import load_config
+from jaxgpt.run.step import TrainState
+from jaxgpt.run.training import Run
+from jaxgpt.store.checkpoint import RunCheckpoints
 
 
 def train_state(name: str, data_path: str | None, out_dir: str) -> TrainState:

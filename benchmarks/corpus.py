@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from jaxgpt.data import read_text, resolve_data_path
+from jaxgpt.data.text import read_text, resolve_data_path
 
 POOL_LINES = 50_000
 

@@ -6,7 +6,7 @@
 For each size (a config name) and loader, trains `--steps` steps from DATA_DIR (a text file, by default tiny
 Shakespeare, is prepared with the char tokenizer into a temporary directory first) in this process and reports the
 time the steps waited for their windows, as a share of the training time (`data_wait` of the evaluation at the
-end; the target is at most 5%) and in milliseconds per step. Loaders: `thread` is jaxgpt.loader.HostBatches (a
+end; the target is at most 5%) and in milliseconds per step. Loaders: `thread` is jaxgpt.data.batches.HostBatches (a
 background thread prepares the next calls' windows); `grain` gathers the same windows through grain's MapDataset
 with its own prefetch thread, to decide between them (`pip install grain` first; jaxgpt does not depend on it,
 see RESULTS.md).
@@ -20,18 +20,18 @@ import tempfile
 import time
 from pathlib import Path
 
-from jaxgpt.allocator import keep_freed_memory
+from jaxgpt.system.allocator import keep_freed_memory
 
 keep_freed_memory()  # as the command lines do, before JAX starts its threads
 
 import jax  # noqa: E402
 
-import jaxgpt.train as train_module  # noqa: E402
-from jaxgpt import loader  # noqa: E402
-from jaxgpt.config import load_config  # noqa: E402
-from jaxgpt.data import resolve_data_path  # noqa: E402
-from jaxgpt.prepare import prepare  # noqa: E402
-from jaxgpt.train import Run  # noqa: E402
+import jaxgpt.run.training as train_module  # noqa: E402
+from jaxgpt.core.config import load_config  # noqa: E402
+from jaxgpt.data import batches as loader  # noqa: E402
+from jaxgpt.data.text import resolve_data_path  # noqa: E402
+from jaxgpt.data.writer import prepare  # noqa: E402
+from jaxgpt.run.training import Run  # noqa: E402
 
 
 class GrainBatches(loader.HostBatches):

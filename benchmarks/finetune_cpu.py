@@ -25,7 +25,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from jaxgpt.allocator import keep_freed_memory
+from jaxgpt.system.allocator import keep_freed_memory
 
 keep_freed_memory()  # as the command lines do, before JAX starts its threads
 
@@ -55,8 +55,8 @@ def make(args: argparse.Namespace) -> dict:
     import torch
     from transformers import GPT2Config, GPT2LMHeadModel
 
-    from jaxgpt.data import resolve_data_path
-    from jaxgpt.prepare import prepare
+    from jaxgpt.data.text import resolve_data_path
+    from jaxgpt.data.writer import prepare
 
     torch.manual_seed(0)
     config = GPT2Config(vocab_size=args.vocab_size, n_positions=args.n_positions, n_embd=args.n_embd,
@@ -72,8 +72,8 @@ def finetune(args: argparse.Namespace) -> dict:
     """Load, compile and time `args.steps` steps of finetune_shakespeare's recipe from the weights."""
     import jax
 
-    from jaxgpt.config import load_config
-    from jaxgpt.train import Run
+    from jaxgpt.core.config import load_config
+    from jaxgpt.run.training import Run
 
     recipe = load_config("finetune_shakespeare")
     config = dataclasses.replace(
@@ -99,9 +99,9 @@ def score(args: argparse.Namespace) -> dict:
     """Load the weights in `args.dtype` and score the first `args.eval_tokens` val tokens."""
     import jax
 
-    from jaxgpt import eval as scoring
-    from jaxgpt import pretrained
-    from jaxgpt.prepare import open_prepared
+    from jaxgpt.data.prepared import open_prepared
+    from jaxgpt.run import evaluate as scoring
+    from jaxgpt.weights import pretrained
 
     started = time.perf_counter()
     config, params, tokenizer = pretrained.load(str(Path(args.dir) / "weights"), args.dtype)

@@ -29,8 +29,9 @@ import time
 import jax
 import jax.numpy as jnp
 
-from jaxgpt.model import GPTConfig, init_params
-from jaxgpt.sample import generate
+from jaxgpt.core.config import GPTConfig
+from jaxgpt.core.model import init_params
+from jaxgpt.core.sampling import generate
 from jaxgpt.torch_reference.lecture import GPTLanguageModel, load_jaxgpt_params
 
 SMOKE = os.environ.get("JAXGPT_SMOKE") == "1"  # a tiny model and short cases: checks that the script runs (CI)

@@ -25,7 +25,8 @@ from pathlib import Path
 
 import corpus  # benchmarks/corpus.py
 
-from jaxgpt.prepare import TOKENIZER_TRAIN_BYTES, open_prepared
+from jaxgpt.data.prepared import open_prepared
+from jaxgpt.data.writer import TOKENIZER_TRAIN_BYTES
 
 
 def main() -> None:

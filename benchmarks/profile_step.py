@@ -19,7 +19,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from jaxgpt.allocator import keep_freed_memory
+from jaxgpt.system.allocator import keep_freed_memory
 
 keep_freed_memory()  # as the command lines do, before JAX starts its threads
 
@@ -27,7 +27,7 @@ import jax  # noqa: E402
 from jax.profiler import ProfileData  # noqa: E402
 
 from jaxgpt.cli import parse_train_args  # noqa: E402
-from jaxgpt.train import Run  # noqa: E402
+from jaxgpt.run.training import Run  # noqa: E402
 
 _INSTRUCTION = re.compile(r"^\s*(?:ROOT )?%?([\w.\-]+) = .*?op_name=\"([^\"]*)\"", re.MULTILINE)
 

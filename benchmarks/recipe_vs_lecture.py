@@ -23,8 +23,8 @@ import tempfile
 import time
 
 from jaxgpt.cli import parse_train_args
-from jaxgpt.config import TrainConfig, load_config
-from jaxgpt.train import train
+from jaxgpt.core.config import TrainConfig, load_config
+from jaxgpt.run.training import train
 
 RECIPE_FIELDS = ("learning_rate", "lr_schedule", "warmup_iters", "min_lr", "beta1", "beta2", "eps", "weight_decay",
                  "decay_all_params", "grad_clip")

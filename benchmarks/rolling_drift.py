@@ -28,11 +28,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxgpt import checkpoint
-from jaxgpt.config import load_config
-from jaxgpt.data import load_dataset
-from jaxgpt.model import GPT, GPTConfig
-from jaxgpt.train import train
+from jaxgpt.core.config import GPTConfig, load_config
+from jaxgpt.core.model import GPT
+from jaxgpt.data.text import load_dataset
+from jaxgpt.run.training import train
+from jaxgpt.store import checkpoint
 
 
 def trained_rope_model(config_name: str, max_iters: int) -> tuple[GPTConfig, dict, np.ndarray]:

@@ -32,8 +32,8 @@ import sys
 import tempfile
 import time
 
-from jaxgpt.compile_cache import default_dir
-from jaxgpt.rundir import RunDir
+from jaxgpt.store.rundir import RunDir
+from jaxgpt.system.compile_cache import default_dir
 
 TARGET_VAL = 1.88
 NANOGPT_CPU_RECIPE = "s"  # vs_nanogpt.SIZES["s"]: nanoGPT's "I only have a macbook" settings

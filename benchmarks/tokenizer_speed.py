@@ -26,7 +26,7 @@ import tokenizers
 from rustbpe import Tokenizer as RustBPE
 from tokenizers import decoders, models, pre_tokenizers, trainers
 
-from jaxgpt.data import read_text, resolve_data_path
+from jaxgpt.data.text import read_text, resolve_data_path
 
 EOT = "<|endoftext|>"
 

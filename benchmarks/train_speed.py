@@ -83,7 +83,7 @@ def _jax_runner(config_args: list[str], steps_per_call: int | None):
     import jax
 
     from jaxgpt.cli import parse_train_args
-    from jaxgpt.train import Run
+    from jaxgpt.run.training import Run
 
     baseline = _rss_mib()
     override = [f"--steps_per_call={steps_per_call}"] if steps_per_call else []  # else the config's own
@@ -110,7 +110,7 @@ def _torch_runner(impl: str, config_args: list[str], threads: int):
     import torch
 
     from jaxgpt.cli import parse_train_args
-    from jaxgpt.data import load_dataset
+    from jaxgpt.data.text import load_dataset
     from jaxgpt.torch_reference.lecture import GPTLanguageModel
     from jaxgpt.torch_reference.sdpa import GPT
 
@@ -287,7 +287,7 @@ def main(argv: list[str]) -> None:
     args.impls = args.impls.split(",")
 
     from jaxgpt.cli import parse_train_args
-    from jaxgpt.model import build_model, count_params, init_params
+    from jaxgpt.core.model import build_model, count_params, init_params
 
     def log(message: str) -> None:
         print(message, file=sys.stderr, flush=True)

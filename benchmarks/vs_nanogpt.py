@@ -30,7 +30,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from jaxgpt.rundir import RunDir
+from jaxgpt.store.rundir import RunDir
 
 # name: (n_layer, n_head, n_embd, block_size, batch_size, max_iters). "s" is nanoGPT's CPU recipe
 # ("I only have a macbook"); the others span the issue's sweep (n_embd 64-384, n_layer 2-6, block 32-256,
@@ -124,7 +124,7 @@ def torch_run(data_path: str, size: tuple, eval_iters: int, seed: int, eval_at_s
 
 def whole_split_loss(model, data, block_size: int, batch_size: int = 64) -> float:
     """The mean next-token loss over all of `data`: consecutive block_size windows, every token after the first
-    predicted once (jaxgpt.train.Run.full_loss)."""
+    predicted once (jaxgpt.run.training.Run.full_loss)."""
     import numpy as np
     import torch
     from torch.nn import functional as F

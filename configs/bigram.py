@@ -1,7 +1,6 @@
 """The lecture's bigram model: a (vocab, vocab) table of next-token logits."""
 
-from jaxgpt.config import TrainConfig
-from jaxgpt.model import GPTConfig
+from jaxgpt import GPTConfig, TrainConfig
 
 config = TrainConfig(
     # only block_size (the context of each training example) is used by the table

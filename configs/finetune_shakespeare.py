@@ -12,8 +12,7 @@ suggests for fine-tuning. Prepare the data once with GPT-2's encoding:
     python -m jaxgpt.train --config=finetune_shakespeare
 """
 
-from jaxgpt.config import TrainConfig
-from jaxgpt.model import GPTConfig
+from jaxgpt import GPTConfig, TrainConfig
 
 config = TrainConfig(
     init_from="gpt2",

@@ -1,7 +1,6 @@
 """The lecture's final model (gpt.py): 10.79M parameters, context 256, dropout 0.2."""
 
-from jaxgpt.config import TrainConfig
-from jaxgpt.model import GPTConfig
+from jaxgpt import GPTConfig, TrainConfig
 
 config = TrainConfig(
     model=GPTConfig(block_size=256, n_layer=6, n_head=6, n_embd=384, dropout=0.2),

@@ -7,8 +7,7 @@ biases and a tied lm_head); nanoGPT also decays its embedding tables, which `dec
 nanoGPT reports val loss 1.4697 with this recipe; the lecture's recipe (configs/lecture.py) reaches 1.48.
 """
 
-from jaxgpt.config import TrainConfig
-from jaxgpt.model import GPTConfig
+from jaxgpt import GPTConfig, TrainConfig
 
 config = TrainConfig(
     model=GPTConfig(block_size=256, n_layer=6, n_head=6, n_embd=384, dropout=0.2),

@@ -1,7 +1,6 @@
 """The lecture's first GPT hyperparameters: 0.21M parameters, context 32, trains on a laptop CPU."""
 
-from jaxgpt.config import TrainConfig
-from jaxgpt.model import GPTConfig
+from jaxgpt import GPTConfig, TrainConfig
 
 config = TrainConfig(
     model=GPTConfig(block_size=32, n_layer=4, n_head=4, n_embd=64, dropout=0.0),

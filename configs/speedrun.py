@@ -6,8 +6,7 @@ biases, an untied head, zero-initialised output projections, logit soft-capping,
 split, at the end.
 """
 
-from jaxgpt.config import TrainConfig
-from jaxgpt.model import GPTConfig
+from jaxgpt import GPTConfig, TrainConfig
 
 config = TrainConfig(
     model=GPTConfig(

@@ -1,7 +1,6 @@
 """A seconds-long run on CPU, for tests and smoke checks."""
 
-from jaxgpt.config import TrainConfig
-from jaxgpt.model import GPTConfig
+from jaxgpt import GPTConfig, TrainConfig
 
 config = TrainConfig(
     model=GPTConfig(block_size=16, n_layer=2, n_head=2, n_embd=32, dropout=0.1),

@@ -1,56 +1,40 @@
-"""Loss curves of one or more runs (the command line is `python -m jaxgpt.plot`, jaxgpt/cli/plot.py)."""
+"""`python -m jaxgpt.plot RUN_DIR [OTHER_RUN ...] [--output FILE] [--metric loss|bpb]`: draw and overlay runs'
+loss curves."""
 
 from __future__ import annotations
 
-import os
+import argparse
+import sys
 from pathlib import Path
 
-from jaxgpt.errors import UsageError
-from jaxgpt.rundir import RunDir
+from jaxgpt.cli import ArgumentParser, run_cli
+from jaxgpt.run.plot import plot_runs
+from jaxgpt.store.rundir import RunDir
+from jaxgpt.system.errors import UsageError
 
 
-def plot_runs(run_dirs: list[str | os.PathLike], output: str | os.PathLike, metric: str = "loss") -> Path:
-    """Against step, for each run in one PNG: with metric "loss", train (dashed) and val (solid) loss; with "bpb",
-    val bits per UTF-8 byte, which compares runs with different tokenizers. Needs matplotlib."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    runs = [(Path(run_dir).name or str(run_dir), RunDir(run_dir).read_metrics()) for run_dir in run_dirs]
-    if metric == "bpb":
-        for label, records in runs:
-            if any(r.get("val_bpb") is None for r in records):
-                raise UsageError(f"run {label} has no val_bpb in its metrics (trained by an older jaxgpt); "
-                                 "plot it with --metric=loss")
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    for label, records in runs:
-        steps = [r["step"] for r in records]
-        if metric == "bpb":
-            ax.plot(steps, [r["val_bpb"] for r in records], label=f"{label} val")
-            continue
-        (line,) = ax.plot(steps, [r["val_loss"] for r in records], label=f"{label} val")
-        ax.plot(steps, [r["train_loss"] for r in records], "--", color=line.get_color(), label=f"{label} train")
-    ylabel = "bits per byte" if metric == "bpb" else "cross-entropy loss"
-    ax.set(xlabel="step", ylabel=ylabel, title="jaxgpt training")
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(output, dpi=120)
-    plt.close(fig)
-    return Path(output)
-
-
-def write_loss_plot(run_dir: RunDir) -> Path | None:
-    """The run's loss plot, or None when matplotlib (the `plot` extra) is not installed."""
+def main(argv: list[str] | None = None) -> None:
+    parser = ArgumentParser(prog="python -m jaxgpt.plot", description="Draw and overlay runs' loss curves.",
+                            formatter_class=argparse.HelpFormatter)
+    parser.add_argument("run_dirs", nargs="+", help="run directories holding metrics.jsonl")
+    parser.add_argument("--output", help="PNG to write (default: the first run's loss plot)")
+    parser.add_argument("--metric", choices=("loss", "bpb"), default="loss",
+                        help="loss: train and val loss; bpb: val bits per byte, comparable across tokenizers")
+    args = parser.parse_args(sys.argv[1:] if argv is None else argv)
+    output = args.output or RunDir(args.run_dirs[0]).plot_file
     try:
-        import matplotlib  # noqa: F401
+        path = plot_runs(args.run_dirs, output, args.metric)
     except ImportError:
-        return None
-    return plot_runs([run_dir.path], run_dir.plot_file)
+        raise UsageError("plotting needs matplotlib: pip install 'jaxgpt[plot]'") from None
+    except OSError as err:
+        raise UsageError(f"cannot write {output}: {err.strerror}; pass --output=FILE in a writable place") from None
+    print(f"wrote {Path(path)}")
 
 
-if __name__ == "__main__":  # `python -m jaxgpt.plot`: the command line lives in jaxgpt/cli/plot.py
-    from jaxgpt.cli.plot import entry_point
+def entry_point() -> None:
+    """The `jaxgpt-plot` console script."""
+    run_cli(main)
 
+
+if __name__ == "__main__":
     entry_point()

@@ -1,262 +1,111 @@
-"""Sampling text from a trained model (the command line is `python -m jaxgpt.sample`, jaxgpt/cli/sample.py).
-
-Every random draw is controlled by a PRNG key: the new token at position i (0-based among the new tokens) is
-`jax.random.categorical(jax.random.fold_in(key, i), filtered_logits / temperature)`, where the top-k / top-p
-filters act on the raw logits; temperature 0 takes the argmax. Both samplers below follow that rule, so they
-give the same tokens for the same key:
-
-- `generate` (GPT or bigram, as the config says): a prefill pass over the prompt fills a per-layer KV cache,
-  then a `lax.scan` adds one token per step, feeding only the newest token. The cache grows to block_size in
-  up to KV_CACHE_GROWTH steps of at least KV_CACHE_MIN_STEP positions (a scan per size, compiled together), so
-  attention reads about the positions in use, not all block_size. Once the context exceeds block_size, `cache`
-  chooses:
-  - "recompute" (the default; the lecture's semantics): the positions of all kept tokens shift with every new
-    token (and, with the oldest token dropped, so do their keys and values from the second layer on), so each
-    step reruns the model on the last block_size tokens (in the same compiled loop; about block_size times the
-    work of a cached step). That holds for RoPE too, whose windows are rotated from position 0 like the
-    learned table's.
-  - "rolling" (RoPE models only; how Llama-family samplers work): the steps go on feeding one token into the
-    same, full cache, now a ring buffer of block_size slots (`CausalSelfAttention._extend_cache`). The token at
-    stream position p (counted from the start of the prompt's last block_size tokens) is written at slot
-    p % block_size, over the token p - block_size, and attends to the last block_size tokens, itself included:
-    the window of the recompute path's last position. Keys are rotated at their slot, never at a position
-    >= block_size (the float64 tables end there); RoPE scores depend on offsets only, and the slots after the
-    newest one (the previous lap) are turned back block_size positions when read, so every score sees its true
-    offset, however long the sample. No key or value is recomputed: from the second layer on, a kept token's
-    keys and values were computed when it was new, with the tokens before it that the window has since
-    dropped. So the two modes give the same tokens while the context fits block_size (the same compiled
-    steps), the same logits beyond it for one layer (exactly, up to rounding), and other logits for more
-    layers (docs/sampling.md has the drift measured on a trained model, and the speed).
-- `generate_with_model` (any model, e.g. the bigram): the lecture's loop, rerunning the model on the cropped
-  context for every token. The exactness reference for `generate`'s default.
-"""
+"""`python -m jaxgpt.sample --out_dir=RUN | --init_from=SOURCE [--prompt=TEXT ...]`: sample text from a trained run
+or from pretrained weights (see jaxgpt.sample)."""
 
 from __future__ import annotations
 
-import functools
-import numbers
-from typing import Literal, NamedTuple, get_args
+import argparse
+import sys
+from pathlib import Path
+from typing import get_args
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
-from jaxgpt.config import GPTConfig
-from jaxgpt.data import check_tokens
-from jaxgpt.errors import UsageError
-from jaxgpt.model import Decode, build_model, has_rolling_cache
-from jaxgpt.tokenizers import Tokenizer
+from jaxgpt.cli import ArgumentParser, means_none, run_cli
+from jaxgpt.core.config import GPTConfig, seed_range
+from jaxgpt.core.sampling import Cache, generate
+from jaxgpt.data.tokenizers import Tokenizer, default_prompt
+from jaxgpt.store import checkpoint
+from jaxgpt.system import compile_cache
+from jaxgpt.system.errors import UsageError
+from jaxgpt.weights import pretrained
 
-# The KV cache grows to block_size in equal steps. More steps: less cache read per token, one more scan body to
-# compile each (lecture config on CPU, 1 -> 4 sizes: ~40% more tokens/s, ~2 s more compile time). A step of fewer
-# than KV_CACHE_MIN_STEP positions saves milliseconds per sample and costs seconds to compile (docs/sampling.md).
-KV_CACHE_GROWTH = 4  # the most sizes
-KV_CACHE_MIN_STEP = 64  # the fewest positions per step
-Cache = Literal["recompute", "rolling"]  # what `generate` does beyond block_size (module docstring)
-
-
-class Sampling(NamedTuple):
-    """How tokens are drawn, as arrays: changing them reuses the compiled sampler."""
-
-    temperature: jax.Array  # () float32; 0 means greedy
-    top_k: jax.Array  # () int32; vocab_size keeps every token
-    top_p: jax.Array  # () float32; 1 keeps every token
-
-    @classmethod
-    def of(cls, vocab_size: int, temperature: float, top_k: int | None, top_p: float | None) -> Sampling:
-        top_k = vocab_size if top_k is None else min(top_k, vocab_size)
-        return cls(jnp.float32(temperature), jnp.int32(top_k), jnp.float32(1.0 if top_p is None else top_p))
+RULE = "-" * 40  # printed between samples
 
 
-def default_prompt(tokenizer: Tokenizer) -> list[int]:
-    """Where a sample starts without a prompt: token 0 for characters (the lecture's start, a newline in
-    Shakespeare), else the end-of-text token (the start of a document)."""
-    return [0] if tokenizer.eot_id is None else [tokenizer.eot_id]
+def _optional(convert):
+    return lambda raw: None if means_none(raw) else convert(raw)
 
 
-def filter_logits(logits: jax.Array, top_k: jax.Array, top_p: jax.Array) -> jax.Array:
-    """Set to -inf every logit outside the top-k, then outside the top-p nucleus of what is left. logits: (B, V)."""
-    V = logits.shape[-1]
-    sorted_logits = jnp.sort(logits, axis=-1)[..., ::-1]  # (B, V), descending
-    in_top_k = jnp.arange(V) < top_k
-    probs = jax.nn.softmax(jnp.where(in_top_k, sorted_logits, -jnp.inf), axis=-1)  # renormalised over the top-k
-    mass_before = jnp.cumsum(probs, axis=-1) - probs  # probability of the tokens ranked above
-    in_nucleus = (mass_before < top_p) | (top_p >= 1.0)  # the smallest prefix whose mass reaches top_p
-    kept = in_top_k & in_nucleus  # a prefix of the sorted logits
-    threshold = jnp.min(jnp.where(kept, sorted_logits, jnp.inf), axis=-1, keepdims=True)  # (B, 1), ties stay
-    return jnp.where(logits < threshold, -jnp.inf, logits)
+def parse_sample_args(argv: list[str]) -> dict:
+    parser = ArgumentParser(prog="python -m jaxgpt.sample", description="Sample text from a trained run or from "
+                            "pretrained weights.", formatter_class=argparse.HelpFormatter)  # defaults: in the help
+    parser.add_argument("--out_dir", metavar="RUN", help="directory of a training run (its latest checkpoint)")
+    parser.add_argument("--init_from", metavar="SOURCE", help=f"or pretrained weights: "
+                        f"{', '.join(pretrained.HUB_MODELS)} (Hugging Face hub), a run directory, a save_pretrained "
+                        "directory or a .pt file")
+    parser.add_argument("--dtype", choices=list(pretrained.DTYPES), default="float32",
+                        help="the weights in memory: bfloat16 halves it (default: %(default)s)")
+    parser.add_argument("--prompt", metavar="TEXT", help="text to continue (default: for a character tokenizer "
+                        "token 0, as the lecture and training's own sample start, a newline in Shakespeare; for a BPE "
+                        "or GPT-2 tokenizer the end-of-text token, as at the start of a document)")
+    parser.add_argument("--num_samples", type=int, default=3, metavar="N",
+                        help="independent samples (default: %(default)s)")
+    parser.add_argument("--max_new_tokens", type=int, default=500, metavar="N",
+                        help="tokens per sample (default: %(default)s)")
+    parser.add_argument("--temperature", type=float, default=1.0, metavar="T",
+                        help="0 is greedy; 1 (default) samples the model's distribution, like the lecture")
+    parser.add_argument("--top_k", type=_optional(int), default=None, metavar="K",
+                        help="keep the k most likely tokens (default: all)")
+    parser.add_argument("--top_p", type=_optional(float), default=None, metavar="P",
+                        help="keep the smallest set of tokens whose probability reaches p (default: all)")
+    parser.add_argument("--seed", type=int, default=1337, metavar="SEED",
+                        help="the samples' PRNG seed (default: %(default)s)")
+    parser.add_argument("--cache", choices=get_args(Cache), default="recompute",
+                        help="beyond block_size: recompute (default) reruns the model on the last block_size tokens "
+                        "for every token, the lecture's semantics; rolling (RoPE models) keeps a sliding window of "
+                        "cached keys and values, much faster but other logits from the second layer on "
+                        "(docs/sampling.md)")
+    args = vars(parser.parse_args(argv))
+    if (args["out_dir"] is None) == (args["init_from"] is None):
+        given = "not both" if args["out_dir"] is not None else "one is required"
+        raise UsageError(f"give --out_dir=RUN (a training run) or --init_from=SOURCE (pretrained weights); {given}")
+    if args["num_samples"] < 1:
+        raise UsageError(f"--num_samples must be >= 1, got {args['num_samples']}")
+    if args["prompt"] == "":
+        raise UsageError("--prompt must not be empty; leave it out to start from the default (see --help)")
+    problem = seed_range(args["seed"])
+    if problem:
+        raise UsageError(f"--seed {problem}, got {args['seed']}")
+    return args
 
 
-def draw_token(logits: jax.Array, key: jax.Array, sampling: Sampling) -> jax.Array:
-    """One token per row of logits (B, V) -> (B,), drawn in float32; temperature 0 is greedy."""
-    logits = logits.astype(jnp.float32)
-    greedy = sampling.temperature == 0
-    filtered = filter_logits(logits, sampling.top_k, sampling.top_p)
-    drawn = jax.random.categorical(key, filtered / jnp.where(greedy, 1.0, sampling.temperature), axis=-1)
-    return jnp.where(greedy, jnp.argmax(logits, axis=-1), drawn).astype(jnp.int32)
+def main(argv: list[str] | None = None) -> None:
+    args = parse_sample_args(sys.argv[1:] if argv is None else argv)
+    compile_cache.enable_default()
+    model, params, tokenizer = _load(args)
+    model = pretrained.for_inference(model, args["dtype"])
+    try:
+        prompt_ids = default_prompt(tokenizer) if args["prompt"] is None else tokenizer.encode(args["prompt"])
+    except UsageError as err:
+        raise UsageError(f"--prompt has {err}") from None
+    prompt = jnp.asarray([prompt_ids] * args["num_samples"], jnp.int32)  # (num_samples, T0)
+    tokens = generate(model, params, prompt, args["max_new_tokens"], jax.random.key(args["seed"]),
+                      temperature=args["temperature"], top_k=args["top_k"], top_p=args["top_p"], cache=args["cache"])
+    samples = [tokenizer.decode(row) for row in np.asarray(tokens)]
+    print(f"\n{RULE}\n".join(samples))
 
 
-def _is_real(value) -> bool:
-    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+def _load(args: dict) -> tuple[GPTConfig, dict, Tokenizer]:
+    """(model config, params in --dtype, tokenizer) of --out_dir (a run's latest checkpoint) or --init_from."""
+    if args["out_dir"] is not None:
+        if not Path(args["out_dir"]).is_dir():
+            raise UsageError(f"--out_dir {args['out_dir']!r} does not exist; pass the out_dir of a training run")
+        config, params, tokenizer = checkpoint.load(args["out_dir"])
+        return config.model, pretrained.cast_params(params, args["dtype"]), tokenizer
+    model, params, tokenizer = pretrained.load(args["init_from"], args["dtype"])
+    if tokenizer is None:
+        raise UsageError(f"{args['init_from']} does not say which tokenizer it was trained with; convert it with "
+                         "its tokenizer (python -m jaxgpt.convert MODEL.pt OUT_DIR --tokenizer=FILE) and sample "
+                         "--out_dir=OUT_DIR")
+    return model, params, tokenizer
 
 
-def _is_int(value) -> bool:
-    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+def entry_point() -> None:
+    """The `jaxgpt-sample` console script."""
+    run_cli(main)
 
 
-def check_generate_args(prompt, max_new_tokens: int, key: jax.Array, vocab_size: int, temperature: float,
-                        top_k: int | None, top_p: float | None) -> jax.Array:
-    """Reject bad arguments with a clear message before anything is compiled; returns the prompt as int32."""
-    prompt = jnp.asarray(check_tokens(prompt, vocab_size, "prompt"))
-    if prompt.ndim != 2 or prompt.shape[0] < 1 or prompt.shape[1] < 1:
-        raise UsageError(f"prompt must be int tokens of shape (B, T0) with B, T0 >= 1, got shape {prompt.shape}")
-    if not _is_int(max_new_tokens) or max_new_tokens < 0:
-        raise UsageError(f"max_new_tokens must be an int >= 0, got {max_new_tokens!r}")
-    typed_key = isinstance(key, jax.Array) and jnp.issubdtype(key.dtype, jax.dtypes.prng_key) and key.shape == ()
-    raw_key = isinstance(key, jax.Array) and key.dtype == jnp.uint32 and key.shape == (2,)
-    if not (typed_key or raw_key):
-        raise UsageError(f"key must be one PRNG key such as jax.random.key(0), got {key!r}")
-    if not _is_real(temperature) or not temperature >= 0:  # also rejects NaN
-        raise UsageError(f"temperature must be a number >= 0, got {temperature!r}")
-    if top_k is not None and (not _is_int(top_k) or top_k < 1):
-        raise UsageError(f"top_k must be an int >= 1 or None, got {top_k!r}")
-    if top_p is not None and (not _is_real(top_p) or not 0.0 < top_p <= 1.0):
-        raise UsageError(f"top_p must be a number in (0, 1] or None, got {top_p!r}")
-    return prompt
-
-
-def _token_buffer(prompt: jax.Array, max_new_tokens: int) -> jax.Array:
-    """The prompt followed by room for the new tokens: (B, T0 + max_new_tokens)."""
-    B, T0 = prompt.shape
-    return jnp.zeros((B, T0 + max_new_tokens), jnp.int32).at[:, :T0].set(prompt)
-
-
-def _recompute_steps(model: nn.Module, params, tokens: jax.Array, key: jax.Array, sampling: Sampling, *,
-                     prompt_len: int, block_size: int, steps: range) -> jax.Array:
-    """Fill in new tokens i for i in `steps`, each from the model rerun on the last <= block_size tokens."""
-    window = min(block_size, tokens.shape[1])  # static context width fed to the model
-
-    def step(tokens, i):
-        length = prompt_len + i  # tokens known so far
-        start = jnp.maximum(length - window, 0)  # crop to the last block_size tokens
-        context = jax.lax.dynamic_slice_in_dim(tokens, start, window, axis=1)  # (B, window)
-        logits = model.apply({"params": params}, context)  # (B, window, V); causal: padding after length is unseen
-        last = jax.lax.dynamic_index_in_dim(logits, length - 1 - start, axis=1, keepdims=False)  # (B, V)
-        new = draw_token(last, jax.random.fold_in(key, i), sampling)  # (B,)
-        return jax.lax.dynamic_update_slice_in_dim(tokens, new[:, None], length, axis=1), None
-
-    tokens, _ = jax.lax.scan(step, tokens, jnp.arange(steps.start, steps.stop))
-    return tokens
-
-
-@functools.partial(jax.jit, static_argnames=("model", "block_size", "max_new_tokens"))
-def _generate_recompute(model: nn.Module, params, prompt: jax.Array, key: jax.Array, sampling: Sampling, *,
-                        block_size: int, max_new_tokens: int) -> jax.Array:
-    """The lecture's generate as one compiled loop: each step reruns the model on the cropped context."""
-    tokens = _token_buffer(prompt, max_new_tokens)
-    return _recompute_steps(model, params, tokens, key, sampling, prompt_len=prompt.shape[1], block_size=block_size,
-                            steps=range(max_new_tokens))
-
-
-def kv_cache_sizes(block_size: int) -> list[int]:
-    """The sizes (positions) the sampler's KV cache grows through: equal steps to block_size, at most
-    KV_CACHE_GROWTH of them and at least KV_CACHE_MIN_STEP positions each (so one size below block_size 128)."""
-    steps = max(1, min(KV_CACHE_GROWTH, block_size // KV_CACHE_MIN_STEP))
-    return sorted({-(-block_size * step // steps) for step in range(1, steps + 1)})
-
-
-def _resize_cache(cache, size: int):
-    """The 'cache' collection with every layer's keys and values (B, nh, S, hs) cut or zero-padded to `size`."""
-    def resize(x: jax.Array) -> jax.Array:
-        if x.ndim != 4:  # the token count
-            return x
-        return x[:, :, :size] if size <= x.shape[2] else jnp.pad(x, ((0, 0), (0, 0), (0, size - x.shape[2]), (0, 0)))
-
-    return jax.tree_util.tree_map(resize, cache)
-
-
-@functools.partial(jax.jit, static_argnames=("config", "max_new_tokens", "cache", "cache_sizes"))
-def _generate_cached(config: GPTConfig, params, prompt: jax.Array, key: jax.Array, sampling: Sampling, *,
-                     max_new_tokens: int, cache: Cache, cache_sizes: tuple[int, ...]) -> jax.Array:
-    """Prefill the KV cache, decode one token per step while the context fits (growing the cache through
-    `cache_sizes`, the last one block_size), then recompute per token or (cache="rolling") go on decoding into the
-    KV cache as a ring buffer."""
-    model, T0 = build_model(config), prompt.shape[1]
-    tokens = _token_buffer(prompt, max_new_tokens)
-    # prefill: the last block_size prompt tokens (the lecture's crop) fill the cache and give new token 0
-    logits, variables = model.apply({"params": params}, prompt[:, -config.block_size:], decode=True,
-                                    mutable=["cache"])  # (B, min(T0, block_size), V)
-    first = draw_token(logits[:, -1], jax.random.fold_in(key, 0), sampling)
-    kv = variables.get("cache", {})  # the bigram model keeps none
-    tokens = tokens.at[:, T0].set(first)
-
-    def cached_step(carry, i, decode: Decode = True):  # new token i: feed token i - 1, attend to the cache
-        tokens, kv = carry
-        previous = jax.lax.dynamic_slice_in_dim(tokens, T0 + i - 1, 1, axis=1)  # (B, 1)
-        logits, variables = model.apply({"params": params, "cache": kv}, previous, decode=decode,
-                                        mutable=["cache"])  # (B, 1, V)
-        new = draw_token(logits[:, -1], jax.random.fold_in(key, i), sampling)  # (B,)
-        tokens = jax.lax.dynamic_update_slice_in_dim(tokens, new[:, None], T0 + i, axis=1)
-        return (tokens, variables.get("cache", {})), None
-
-    n_cached = min(max_new_tokens, max(config.block_size - T0, 0) + 1)  # new tokens whose context fits the cache
-    start = 1
-    for size in cache_sizes:  # one scan per cache size: attention reads only that many
-        stop = min(n_cached, size - T0 + 1)  # new token i reads and writes cache positions < T0 + i
-        if start < stop:
-            carry = (tokens, _resize_cache(kv, size))
-            (tokens, kv), _ = jax.lax.scan(cached_step, carry, jnp.arange(start, stop))
-            start = stop
-    if cache == "rolling":  # beyond block_size: decode on, the full-size cache (the prefill's or the last scan's)
-        rolling_step = functools.partial(cached_step, decode="rolling")  # now a ring buffer (module docstring)
-        (tokens, _), _ = jax.lax.scan(rolling_step, (tokens, kv), jnp.arange(n_cached, max_new_tokens))
-        return tokens
-    # beyond block_size: every kept token's position shifts, so the window is recomputed for each new token
-    return _recompute_steps(model, params, tokens, key, sampling, prompt_len=T0, block_size=config.block_size,
-                            steps=range(n_cached, max_new_tokens))
-
-
-def generate_with_model(model: nn.Module, params, prompt: jax.Array, max_new_tokens: int, key: jax.Array, *,
-                        block_size: int, vocab_size: int, temperature: float = 1.0, top_k: int | None = None,
-                        top_p: float | None = None) -> jax.Array:
-    """Sample from any model mapping (B, T) tokens to (B, T, V) logits, rerunning it on <= block_size tokens."""
-    prompt = check_generate_args(prompt, max_new_tokens, key, vocab_size, temperature, top_k, top_p)
-    if max_new_tokens == 0:
-        return prompt
-    return _generate_recompute(model, params, prompt, key, Sampling.of(vocab_size, temperature, top_k, top_p),
-                               block_size=block_size, max_new_tokens=int(max_new_tokens))
-
-
-def check_cache(config: GPTConfig, cache: Cache) -> None:
-    """UsageError unless `cache` is a mode that `config`'s model can sample with."""
-    if not isinstance(cache, str) or cache not in get_args(Cache):
-        raise UsageError(f"cache must be one of {', '.join(get_args(Cache))}, got {cache!r}")
-    if cache == "rolling" and not has_rolling_cache(config):
-        raise UsageError(f"cache='rolling' needs a GPT with rotary positions (position='rope'), got "
-                         f"model_type={config.model_type!r}, position={config.position!r}; use cache='recompute', "
-                         "the default")
-
-
-def generate(config: GPTConfig, params, prompt: jax.Array, max_new_tokens: int, key: jax.Array, *,
-             temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None,
-             cache: Cache = "recompute") -> jax.Array:
-    """Continue each row of `prompt` (B, T0) by `max_new_tokens` tokens -> (B, T0 + max_new_tokens), KV-cached,
-    with the model that `config` describes (`config.model_type`).
-
-    `cache` says what happens beyond block_size: "recompute" (the lecture's semantics) or "rolling" (RoPE
-    models: a sliding window of cached keys and values); see the module docstring. Compiled once per (config,
-    prompt shape, max_new_tokens, cache); other keys and sampling settings reuse it.
-    """
-    prompt = check_generate_args(prompt, max_new_tokens, key, config.vocab_size, temperature, top_k, top_p)
-    check_cache(config, cache)
-    if max_new_tokens == 0:
-        return prompt
-    return _generate_cached(config, params, prompt, key, Sampling.of(config.vocab_size, temperature, top_k, top_p),
-                            max_new_tokens=int(max_new_tokens), cache=cache,
-                            cache_sizes=tuple(kv_cache_sizes(config.block_size)))
-
-
-if __name__ == "__main__":  # `python -m jaxgpt.sample`: the command line lives in jaxgpt/cli/sample.py
-    from jaxgpt.cli.sample import entry_point
-
+if __name__ == "__main__":
     entry_point()

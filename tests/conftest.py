@@ -42,7 +42,7 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 @pytest.fixture(scope="session")
 def shakespeare_path() -> Path:
     """$JAXGPT_DATA if set, else the user-cache copy, downloaded once (sha256-verified) if missing."""
-    from jaxgpt.data import resolve_data_path  # imported here: jax only after pytest_configure has run
+    from jaxgpt.data.text import resolve_data_path  # imported here: jax only after pytest_configure has run
 
     if os.environ.get("JAXGPT_DATA"):
         path = Path(os.environ["JAXGPT_DATA"]).expanduser()

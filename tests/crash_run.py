@@ -15,9 +15,10 @@ import os
 import signal
 import sys
 
-from jaxgpt import checkpoint, rundir, train
 from jaxgpt.cli import run_cli
-from jaxgpt.cli.train import main
+from jaxgpt.run import training as train
+from jaxgpt.store import checkpoint, rundir
+from jaxgpt.train import main
 
 
 def die() -> None:

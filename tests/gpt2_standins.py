@@ -11,9 +11,9 @@ import pytest
 import tiktoken
 import torch
 
-from jaxgpt import pretrained
-from jaxgpt.prepare import prepare
-from jaxgpt.tokenizers import EOT
+from jaxgpt.data.tokenizers import EOT
+from jaxgpt.data.writer import prepare
+from jaxgpt.weights import pretrained
 
 if TYPE_CHECKING:  # transformers takes seconds to import: only the tests that build a model pay for it
     from transformers import GPT2LMHeadModel

@@ -1,4 +1,4 @@
-"""The glibc settings that let XLA:CPU reuse its buffers between calls (jaxgpt/allocator.py)."""
+"""The glibc settings that let XLA:CPU reuse its buffers between calls (jaxgpt/system/allocator.py)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import pytest
 FAULTS_PER_CALL = """
 import resource, sys
 if sys.argv[1] in ("keep", "kept then default"):
-    from jaxgpt.allocator import keep_freed_memory, use_default_malloc
+    from jaxgpt.system.allocator import keep_freed_memory, use_default_malloc
     assert keep_freed_memory()
     if sys.argv[1] == "kept then default":
         assert use_default_malloc()
@@ -54,12 +54,12 @@ def test_activation_estimate_is_within_a_factor_of_two_of_xla_plan(config_name: 
     import jax
     import numpy as np
 
-    from jaxgpt import sharding
-    from jaxgpt.allocator import step_activation_bytes
-    from jaxgpt.config import load_config
-    from jaxgpt.model import build_model, init_params
-    from jaxgpt.optim import make_optimizer
-    from jaxgpt.train import TrainState, make_train_step
+    from jaxgpt.core.config import load_config
+    from jaxgpt.core.mfu import step_activation_bytes
+    from jaxgpt.core.model import build_model, init_params
+    from jaxgpt.core.optim import make_optimizer
+    from jaxgpt.run.step import TrainState, make_train_step
+    from jaxgpt.system import sharding
 
     config = dataclasses.replace(load_config(config_name), batch_size=batch_size, steps_per_call=1).for_vocab(65)
     model, tx = build_model(config.model), make_optimizer(config)
@@ -71,8 +71,8 @@ def test_activation_estimate_is_within_a_factor_of_two_of_xla_plan(config_name: 
 
 
 def test_large_steps_and_pretrained_starts_return_to_default_malloc() -> None:
-    from jaxgpt.allocator import worth_keeping
-    from jaxgpt.config import load_config
+    from jaxgpt.cli import worth_keeping
+    from jaxgpt.core.config import load_config
 
     for name, kept in (("small", True), ("speedrun", True), ("lecture", False), ("shakespeare_char", False),
                        ("finetune_shakespeare", False)):
@@ -80,7 +80,7 @@ def test_large_steps_and_pretrained_starts_return_to_default_malloc() -> None:
 
 
 def test_glibc_tunables_win(monkeypatch: pytest.MonkeyPatch) -> None:
-    from jaxgpt.allocator import keep_freed_memory
+    from jaxgpt.system.allocator import keep_freed_memory
 
     monkeypatch.setenv("GLIBC_TUNABLES", "glibc.malloc.arena_max=4")
     assert not keep_freed_memory()

@@ -19,12 +19,12 @@ import jax
 import numpy as np
 import pytest
 
-from jaxgpt import checkpoint, rundir
 from jaxgpt.cli import run_cli
-from jaxgpt.cli.train import main as train_main
-from jaxgpt.config import TrainConfig, load_config
-from jaxgpt.errors import JaxgptError, UsageError
-from jaxgpt.train import train
+from jaxgpt.core.config import TrainConfig, load_config
+from jaxgpt.run.training import train
+from jaxgpt.store import checkpoint, rundir
+from jaxgpt.system.errors import JaxgptError, UsageError
+from jaxgpt.train import main as train_main
 
 # Inputs written to disk for the rows below: name -> (file name, contents).
 FILES = {
@@ -35,7 +35,7 @@ FILES = {
     "broken": ("broken.json", '{"model": '),
     "unknown": ("unknown.json", '{"model": {}, "batch_sise": 8}'),
     "raises": ("raises.py", "raise RuntimeError('boom')\n"),
-    "wrong_type": ("wrong_type.py", "from jaxgpt.config import TrainConfig\nconfig = TrainConfig(batch_size='8')\n"),
+    "wrong_type": ("wrong_type.py", "from jaxgpt import TrainConfig\nconfig = TrainConfig(batch_size='8')\n"),
     "no_config": ("no_config.py", "x = 1\n"),
     "a_file": ("a_file", "not a directory\n"),
     "non_empty": ("non_empty", None),  # a directory holding notes.txt
@@ -243,7 +243,7 @@ CONVERT_ROWS = [
 
 @pytest.mark.parametrize(("case", "args", "message"), CONVERT_ROWS, ids=[row[0] for row in CONVERT_ROWS])
 def test_convert_cli(case, args, message, capsys):
-    from jaxgpt.cli.convert import main as convert_main
+    from jaxgpt.convert import main as convert_main
 
     with pytest.raises(SystemExit) as exited:
         run_cli(convert_main, args)
@@ -255,8 +255,8 @@ def test_convert_overwrite_replaces_a_training_run(paths, tmp_path):
     """--overwrite into a trained run leaves no checkpoints behind that load() would prefer to the new weights."""
     import torch
 
-    from jaxgpt.cli.convert import main as convert_main
-    from jaxgpt.convert import to_torch_state_dict
+    from jaxgpt.convert import main as convert_main
+    from jaxgpt.weights.convert import to_torch_state_dict
 
     run = shutil.copytree(paths["run"], tmp_path / "run")
     config, params, _ = checkpoint.load(run)

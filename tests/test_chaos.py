@@ -17,8 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
-from jaxgpt import checkpoint
-from jaxgpt.rundir import RunDir
+from jaxgpt.store import checkpoint
+from jaxgpt.store.rundir import RunDir
 
 HERE = Path(__file__).resolve().parent
 SEED = 20261201

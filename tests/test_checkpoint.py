@@ -23,14 +23,15 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from jaxgpt import checkpoint, optim, rundir
 from jaxgpt.cli import run_cli
-from jaxgpt.cli.train import main as train_main
-from jaxgpt.config import TrainConfig, load_config
-from jaxgpt.errors import JaxgptError, UsageError
-from jaxgpt.interrupt import StopRequest
-from jaxgpt.rundir import RunDir
-from jaxgpt.train import TrainResult, train
+from jaxgpt.core import optim
+from jaxgpt.core.config import TrainConfig, load_config
+from jaxgpt.run.training import TrainResult, train
+from jaxgpt.store import checkpoint, rundir
+from jaxgpt.store.rundir import RunDir
+from jaxgpt.system.errors import JaxgptError, UsageError
+from jaxgpt.system.interrupt import StopRequest
+from jaxgpt.train import main as train_main
 
 # `tiny` for 60 steps: evaluations at 0, 20, 40, 60; checkpoints at 15, 30, 45, 60 (the last 3 kept).
 RUN = {"progress": False, "sample_chars": 0, "max_iters": 60, "eval_interval": 20, "checkpoint_interval": 15,
@@ -300,8 +301,8 @@ CROSS_DEVICE_SCRIPT = textwrap.dedent("""
     import sys
     import jax, numpy as np
     from jax.sharding import Mesh, NamedSharding, PartitionSpec
-    from jaxgpt import checkpoint
-    from jaxgpt.optim import make_optimizer
+    from jaxgpt.store import checkpoint
+    from jaxgpt.core.optim import make_optimizer
 
     source, dest = sys.argv[1:]
     assert len(jax.devices()) == 8, jax.devices()

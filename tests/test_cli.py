@@ -10,9 +10,9 @@ import sys
 import pytest
 
 from jaxgpt.cli import parse_train_args
-from jaxgpt.cli.sample import parse_sample_args
-from jaxgpt.config import GPTConfig, TrainConfig, load_config
-from jaxgpt.errors import UsageError
+from jaxgpt.core.config import GPTConfig, TrainConfig, load_config
+from jaxgpt.sample import parse_sample_args
+from jaxgpt.system.errors import UsageError
 
 
 def test_overrides_apply_to_model_and_training_fields():
@@ -26,8 +26,16 @@ def test_overrides_apply_to_model_and_training_fields():
 def test_config_by_name_and_by_path(tmp_path):
     assert parse_train_args(["--config=lecture"]).model.n_embd == 384
     path = tmp_path / "mine.py"
-    path.write_text("from jaxgpt.config import TrainConfig\nconfig = TrainConfig(batch_size=3)\n")
+    path.write_text("from jaxgpt import TrainConfig\nconfig = TrainConfig(batch_size=3)\n")
     assert parse_train_args([f"--config={path}"]).batch_size == 3
+
+
+def test_a_config_file_importing_a_moved_module_is_told_where_it_went(tmp_path):
+    path = tmp_path / "old.py"
+    path.write_text("from jaxgpt.config import TrainConfig\nconfig = TrainConfig(batch_size=3)\n")
+    with pytest.raises(UsageError, match=r"No module named 'jaxgpt.config'; jaxgpt's modules moved in 0.2: write "
+                                         r"`from jaxgpt import GPTConfig, TrainConfig`"):
+        parse_train_args([f"--config={path}"])
 
 
 @pytest.mark.parametrize(

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 PROBE = """
-from jaxgpt import compile_cache
+from jaxgpt.system import compile_cache
 compile_cache.enable_default()
 import jax
 jax.jit(lambda x: x * 2 + 1)(3.0).block_until_ready()
@@ -61,4 +61,4 @@ def test_the_sample_cli_uses_it(tmp_path, small_text_file):
         result = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=300)
         assert result.returncode == 0, result.stderr
     programs = cached_programs(tmp_path / "xdg" / "jaxgpt" / "jax_compilation_cache")
-    assert any(name.startswith("jit__generate_cached") for name in programs)
+    assert any(name.startswith("jit_generate_cached") for name in programs)

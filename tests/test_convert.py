@@ -15,15 +15,15 @@ import torch
 from flax import traverse_util
 from torch_models import layout_config, random_params, torch_model
 
-from jaxgpt import checkpoint
 from jaxgpt.cli import run_cli
-from jaxgpt.cli.convert import main
-from jaxgpt.convert import detect_layout, from_torch_state_dict, to_torch_state_dict
-from jaxgpt.data import CharTokenizer
-from jaxgpt.errors import UsageError
-from jaxgpt.model import GPT
-from jaxgpt.sample import generate
-from jaxgpt.train import cross_entropy
+from jaxgpt.convert import main
+from jaxgpt.core.losses import cross_entropy
+from jaxgpt.core.model import GPT
+from jaxgpt.core.sampling import generate
+from jaxgpt.data.tokenizers import CharTokenizer
+from jaxgpt.store import checkpoint
+from jaxgpt.system.errors import UsageError
+from jaxgpt.weights.convert import detect_layout, from_torch_state_dict, to_torch_state_dict
 
 SIZES = {"vocab_size": 13, "block_size": 8, "n_layer": 2, "n_head": 2, "n_embd": 8, "dropout": 0.0}
 VARIANTS = [("lecture", {}), ("nanogpt", {"bias": True}), ("nanogpt", {"bias": False}),

@@ -10,17 +10,12 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from jaxgpt import data
-from jaxgpt.data import (
-    CharTokenizer,
-    check_tokens,
-    get_batch,
-    load_dataset,
-    read_text,
-    resolve_data_path,
-    train_val_split,
-)
-from jaxgpt.errors import UsageError
+from jaxgpt.core.model import check_tokens
+from jaxgpt.data import text as data
+from jaxgpt.data.batches import get_batch
+from jaxgpt.data.text import load_dataset, read_text, resolve_data_path, train_val_split
+from jaxgpt.data.tokenizers import CharTokenizer
+from jaxgpt.system.errors import UsageError
 
 
 def test_tokenizer_matches_lecture(shakespeare_text):
@@ -182,7 +177,7 @@ def test_offline_error_says_how_to_provide_the_file(tmp_path, monkeypatch):
 
 
 def test_a_split_beyond_32_bit_offsets_is_refused_in_one_line():
-    from jaxgpt.data import MAX_SPLIT_TOKENS, check_split_lengths
+    from jaxgpt.data.text import MAX_SPLIT_TOKENS, check_split_lengths
 
     huge = np.broadcast_to(np.zeros(1, np.uint16), (MAX_SPLIT_TOKENS + 1,))  # no memory: one element, repeated
     small = np.zeros(100, np.uint16)

@@ -16,15 +16,16 @@ import torch
 from gpt2_standins import VOCAB_SIZE
 
 from jaxgpt.cli import run_cli
-from jaxgpt.cli.eval import main
-from jaxgpt.config import GPTConfig, TrainConfig
-from jaxgpt.convert import write_run_dir
-from jaxgpt.data import consecutive_windows, load_dataset
-from jaxgpt.eval import evaluate
-from jaxgpt.model import init_params
-from jaxgpt.prepare import open_prepared
-from jaxgpt.tokenizers import CharTokenizer
-from jaxgpt.train import Run
+from jaxgpt.core.config import GPTConfig, TrainConfig
+from jaxgpt.core.model import init_params
+from jaxgpt.data.batches import consecutive_windows
+from jaxgpt.data.prepared import open_prepared
+from jaxgpt.data.text import load_dataset
+from jaxgpt.data.tokenizers import CharTokenizer
+from jaxgpt.eval import main
+from jaxgpt.run.evaluate import evaluate
+from jaxgpt.run.training import Run
+from jaxgpt.weights.convert import write_run_dir
 
 pytestmark = pytest.mark.usefixtures("gpt2_encoding")  # GPT-2's encoding: the tiny stand-in
 T = 16  # the windows scored: shorter than the stand-in's 32 positions, so transformers can see T + 1 tokens

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from jax.extend.random import threefry_2x32
 
-from jaxgpt.layers import Dropout, cpu_dense_dot_general, gelu, random_bits, threefry2x32
+from jaxgpt.core.layers import Dropout, cpu_dense_dot_general, gelu, random_bits, threefry2x32
 
 
 def test_threefry_rounds_are_jax_threefry():

@@ -1,4 +1,4 @@
-"""Host-gathered batches (jaxgpt/loader.py): the on-device path's windows, the same training, exact resume."""
+"""Host-gathered batches (jaxgpt/data/batches.py): the on-device path's windows, the same training, exact resume."""
 
 from __future__ import annotations
 
@@ -11,14 +11,15 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxgpt import data, sharding
 from jaxgpt.cli import run_cli
-from jaxgpt.cli.train import main as train_main
-from jaxgpt.config import load_config
-from jaxgpt.keys import eval_keys
-from jaxgpt.loader import HostBatches
-from jaxgpt.prepare import prepare
-from jaxgpt.train import Run, _draw_eval_windows, train
+from jaxgpt.core.config import load_config
+from jaxgpt.core.keys import eval_keys
+from jaxgpt.data import batches as data
+from jaxgpt.data.batches import HostBatches, draw_eval_windows
+from jaxgpt.data.writer import prepare
+from jaxgpt.run.training import Run, train
+from jaxgpt.system import sharding
+from jaxgpt.train import main as train_main
 
 
 def memmap_of(tokens: np.ndarray, path: Path, dtype=np.uint16) -> np.memmap:
@@ -44,7 +45,7 @@ def test_host_windows_are_the_device_windows(tmp_path):
         np.testing.assert_array_equal(host.train_windows(3, 3), host.train_windows(3, 3))
         for split, split_tokens in (("train", tokens), ("val", tokens[:900])):
             key = eval_keys(config.seed, 7)[1]
-            expected = _draw_eval_windows(5, 4, T, jnp.asarray(split_tokens), key)
+            expected = draw_eval_windows(5, 4, T, jnp.asarray(split_tokens), key)
             np.testing.assert_array_equal(host.eval_windows(split, key), expected)
     finally:
         host.close()
@@ -107,8 +108,9 @@ TWO_PROCESS_SCRIPT = """
 import dataclasses, json
 import jax.numpy as jnp, numpy as np
 from jax.experimental import multihost_utils
-from jaxgpt import data, loader, sharding
-from jaxgpt.config import load_config
+from jaxgpt.data import batches as loader
+from jaxgpt.system import sharding
+from jaxgpt.core.config import load_config
 
 sharding.initialize_distributed(True)
 read = []  # the offsets of every window this process gathered
@@ -126,8 +128,8 @@ tokens = np.random.default_rng(0).integers(0, 65, 1_000_000).astype(np.uint16)
 mesh = sharding.make_mesh()
 host = loader.HostBatches(config, sharding.Placement(mesh, None), tokens, tokens)
 windows = host.train_windows(0, 3)  # (K, A, B, T + 1): all 3 steps (nothing to prefetch), 2 x 8 rows each
-offsets = data.train_offsets(config.seed, jnp.arange(3), len(tokens), 2, 8, config.block_size)
-expected = data.gather_windows(tokens.astype(np.int32), np.asarray(offsets), config.block_size)
+offsets = loader.train_offsets(config.seed, jnp.arange(3), len(tokens), 2, 8, config.block_size)
+expected = gather(tokens.astype(np.int32), np.asarray(offsets), config.block_size)
 whole = multihost_utils.process_allgather(windows, tiled=True)
 host.close()
 print(json.dumps({"read": read, "all": np.ravel(offsets).tolist(), "devices": len(mesh.devices.flat),

@@ -6,8 +6,8 @@ import types
 
 import pytest
 
-from jaxgpt.mfu import device_peak_flops, flops_per_token, matmul_params, mfu
-from jaxgpt.model import GPTConfig
+from jaxgpt.core.config import GPTConfig
+from jaxgpt.core.mfu import device_peak_flops, flops_per_token, matmul_params, mfu
 
 
 def test_lecture_flops_per_token_by_hand():

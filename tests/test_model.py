@@ -7,8 +7,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from jaxgpt.errors import UsageError
-from jaxgpt.model import GPT, BigramLanguageModel, GPTConfig, _layer_norm, count_params, init_params
+from jaxgpt.core.config import GPTConfig
+from jaxgpt.core.model import GPT, BigramLanguageModel, count_params, init_params, layer_norm
+from jaxgpt.system.errors import UsageError
 
 TINY = GPTConfig(vocab_size=11, block_size=8, n_layer=2, n_head=2, n_embd=16, dropout=0.1)
 
@@ -86,7 +87,7 @@ def test_gpt2_family_switches():
 def test_layer_norm_variance_is_two_pass():
     """Inputs far from zero: E[x^2] - E[x]^2 cancels every digit in float32; mean((x - mean)^2), as torch, does not."""
     x = (1000.0 + np.random.default_rng(0).normal(0.0, 0.01, (4, 16))).astype(np.float32)  # (B, C)
-    ln = _layer_norm(TINY, "ln")
+    ln = layer_norm(TINY, "ln")
     y = ln.apply(ln.init(jax.random.key(0), jnp.zeros((1, 16))), jnp.asarray(x))
     centered = x.astype(np.float64) - x.mean(-1, keepdims=True, dtype=np.float64)
     exact = centered / np.sqrt(centered.var(-1, keepdims=True) + 1e-5)

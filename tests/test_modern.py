@@ -27,22 +27,21 @@ from transformers.models.llama.modeling_llama import LlamaRMSNorm, LlamaRotaryEm
 from transformers.models.qwen3.modeling_qwen3 import Qwen3Attention, Qwen3RotaryEmbedding
 
 from jaxgpt.cli import parse_train_args
-from jaxgpt.config import TrainConfig, resume_changes
-from jaxgpt.convert import LAYOUTS, to_torch_state_dict
-from jaxgpt.errors import UsageError
-from jaxgpt.model import (
+from jaxgpt.core.config import GPTConfig, TrainConfig, resume_changes
+from jaxgpt.core.model import (
     GPT,
     CausalSelfAttention,
     FeedForward,
-    GPTConfig,
     _rms_norm,
     apply_rotary,
     count_params,
     init_params,
 )
-from jaxgpt.sample import generate, generate_with_model
+from jaxgpt.core.sampling import generate, generate_with_model
+from jaxgpt.run.training import train
+from jaxgpt.system.errors import UsageError
 from jaxgpt.torch_reference import modern
-from jaxgpt.train import train
+from jaxgpt.weights.convert import LAYOUTS, to_torch_state_dict
 
 ALL_ON = {"position": "rope", "norm": "rmsnorm", "qk_norm": True, "activation": "relu2", "zero_init_proj": True,
           "logit_softcap": 15.0}

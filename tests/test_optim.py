@@ -15,10 +15,10 @@ from hypothesis import strategies as st
 from test_parity import EXAMPLES, PARITY
 from torch_models import random_params, torch_model
 
-from jaxgpt.config import TrainConfig, resume_changes
-from jaxgpt.errors import UsageError
-from jaxgpt.model import GPT, GPTConfig, init_params
-from jaxgpt.optim import decay_mask, learning_rate_schedule, make_optimizer, muon_mask
+from jaxgpt.core.config import GPTConfig, TrainConfig, resume_changes
+from jaxgpt.core.model import GPT, init_params
+from jaxgpt.core.optim import decay_mask, learning_rate_schedule, make_optimizer, muon_mask
+from jaxgpt.system.errors import UsageError
 from jaxgpt.torch_reference import modern
 from jaxgpt.torch_reference import muon as muon_ref
 

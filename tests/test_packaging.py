@@ -22,4 +22,4 @@ def test_wheel_ships_the_configs(tmp_path: Path):
     entry_points = next(n for n in names if n.endswith("entry_points.txt"))
     scripts = zipfile.ZipFile(wheel).read(entry_points).decode()
     for command in ("train", "sample", "convert", "plot", "prepare", "eval"):
-        assert f"jaxgpt-{command} = jaxgpt.cli.{command}:entry_point" in scripts
+        assert f"jaxgpt-{command} = jaxgpt.{command}:entry_point" in scripts

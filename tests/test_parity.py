@@ -28,14 +28,15 @@ from hypothesis import strategies as st
 from torch.nn import functional as F
 from torch_models import layout_config, random_params, torch_grads, torch_logits, torch_model, torch_state_dict
 
-from jaxgpt import sharding
-from jaxgpt.config import TrainConfig
-from jaxgpt.data import get_batch
-from jaxgpt.keys import step_keys
-from jaxgpt.layers import Dropout
-from jaxgpt.model import GPT, GPTConfig
-from jaxgpt.optim import make_optimizer
-from jaxgpt.train import TrainState, cross_entropy, make_train_step
+from jaxgpt.core.config import GPTConfig, TrainConfig
+from jaxgpt.core.keys import step_keys
+from jaxgpt.core.layers import Dropout
+from jaxgpt.core.losses import cross_entropy
+from jaxgpt.core.model import GPT
+from jaxgpt.core.optim import make_optimizer
+from jaxgpt.data.batches import get_batch
+from jaxgpt.run.step import TrainState, make_train_step
+from jaxgpt.system import sharding
 
 RTOL = 1e-5  # logits, loss, gradients: float32 on both sides is ~1e-6 from float64 (measured), 10x margin
 TRAIN_RTOL = 1e-4  # losses over TRAIN_STEPS steps of AdamW

@@ -9,9 +9,9 @@ import math
 import pytest
 
 from jaxgpt.cli import run_cli
-from jaxgpt.cli.plot import main as plot_main
-from jaxgpt.config import load_config
-from jaxgpt.train import train
+from jaxgpt.core.config import load_config
+from jaxgpt.plot import main as plot_main
+from jaxgpt.run.training import train
 
 
 @pytest.fixture(scope="module")

@@ -10,12 +10,14 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxgpt import sharding
-from jaxgpt.config import TrainConfig, load_config
-from jaxgpt.errors import UsageError
-from jaxgpt.model import GPT, GPTConfig, build_model, init_params
-from jaxgpt.optim import make_optimizer
-from jaxgpt.train import TrainState, cross_entropy, make_train_step, resolved_steps_per_call, train
+from jaxgpt.core.config import GPTConfig, TrainConfig, load_config
+from jaxgpt.core.losses import cross_entropy
+from jaxgpt.core.model import GPT, build_model, init_params
+from jaxgpt.core.optim import make_optimizer
+from jaxgpt.run.step import TrainState, make_train_step, resolved_steps_per_call
+from jaxgpt.run.training import train
+from jaxgpt.system import sharding
+from jaxgpt.system.errors import UsageError
 
 CONFIG = GPTConfig(vocab_size=11, block_size=16, n_layer=2, n_head=2, n_embd=32, dropout=0.1, dtype="float32")
 

@@ -12,13 +12,14 @@ import numpy as np
 import pytest
 import tiktoken
 
-from jaxgpt import prepare as prep
 from jaxgpt.cli import run_cli
-from jaxgpt.cli.prepare import main
-from jaxgpt.data import read_text, train_val_split
-from jaxgpt.errors import UsageError
-from jaxgpt.prepare import cut_pieces, open_prepared, prepare, read_text_chunks
-from jaxgpt.tokenizers import EOT, CharTokenizer, TiktokenTokenizer, train_bpe
+from jaxgpt.data import writer as prep
+from jaxgpt.data.prepared import open_prepared
+from jaxgpt.data.text import read_text, train_val_split
+from jaxgpt.data.tokenizers import EOT, CharTokenizer, TiktokenTokenizer, train_bpe
+from jaxgpt.data.writer import cut_pieces, prepare, read_text_chunks
+from jaxgpt.prepare import main
+from jaxgpt.system.errors import UsageError
 
 GPT2_PATTERN = r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
 

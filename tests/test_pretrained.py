@@ -1,7 +1,7 @@
-"""Starting from pretrained weights (jaxgpt.pretrained and `python -m jaxgpt.train --init_from`): every source kind
-starts a run with the source framework's logits, fine-tuning lowers the loss, and every refused combination is one
-line with exit status 2. Offline: a small `save_pretrained` GPT-2 stands in for the hub, a tiny tiktoken Encoding
-for GPT-2's encoding (tests/gpt2_standins.py)."""
+"""Starting from pretrained weights (jaxgpt.weights.pretrained, `python -m jaxgpt.train --init_from`): every
+source kind starts a run with the source framework's logits, fine-tuning lowers the loss, and every refused
+combination is one line with exit status 2. Offline: a small `save_pretrained` GPT-2 stands in for the hub, a tiny
+tiktoken Encoding for GPT-2's encoding (tests/gpt2_standins.py)."""
 
 from __future__ import annotations
 
@@ -27,15 +27,16 @@ from gpt2_standins import (
 from safetensors.numpy import save_file
 from torch_models import layout_config, torch_logits, torch_model
 
-from jaxgpt import checkpoint, pretrained
 from jaxgpt.cli import run_cli
-from jaxgpt.cli.train import main as train_main
-from jaxgpt.config import GPTConfig, TrainConfig
-from jaxgpt.convert import convert_checkpoint
-from jaxgpt.errors import UsageError
-from jaxgpt.model import build_model
-from jaxgpt.tokenizers import CharTokenizer
-from jaxgpt.train import Run, train
+from jaxgpt.core.config import GPTConfig, TrainConfig
+from jaxgpt.core.model import build_model
+from jaxgpt.data.tokenizers import CharTokenizer
+from jaxgpt.run.training import Run, train
+from jaxgpt.store import checkpoint
+from jaxgpt.system.errors import UsageError
+from jaxgpt.train import main as train_main
+from jaxgpt.weights import pretrained
+from jaxgpt.weights.convert import convert_checkpoint
 
 pytestmark = pytest.mark.usefixtures("gpt2_encoding")  # GPT-2's encoding: the tiny stand-in
 CHAR_SIZES = {"block_size": 16, "n_layer": 2, "n_head": 2, "n_embd": 16, "dropout": 0.0}

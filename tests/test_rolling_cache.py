@@ -19,9 +19,10 @@ import numpy as np
 import pytest
 from torch_models import random_params
 
-from jaxgpt.errors import UsageError
-from jaxgpt.model import GPT, GPTConfig
-from jaxgpt.sample import Sampling, _generate_cached, draw_token, generate, generate_with_model
+from jaxgpt.core.config import GPTConfig
+from jaxgpt.core.model import GPT
+from jaxgpt.core.sampling import Sampling, draw_token, generate, generate_cached, generate_with_model
+from jaxgpt.system.errors import UsageError
 
 W = 8  # block_size: the window
 ROPE = GPTConfig(vocab_size=11, block_size=W, n_layer=3, n_head=2, n_embd=16, dropout=0.0, position="rope")
@@ -140,7 +141,7 @@ def test_rolling_sampler_gives_the_naive_rolling_loops_tokens_and_logits_in_floa
         prompt = jax.random.randint(jax.random.key(prompt_len), (batch, prompt_len), 0, ROPE.vocab_size)
         key = jax.random.key(3)
         if prompt_len == 1:
-            tokens = _generate_cached(ROPE, params, prompt.astype(jnp.int32), key,
+            tokens = generate_cached(ROPE, params, prompt.astype(jnp.int32), key,
                                       Sampling.of(ROPE.vocab_size, 1.5, None, None),
                                       max_new_tokens=NEW, cache="rolling", cache_sizes=(2, 4, 6, 8))
         else:

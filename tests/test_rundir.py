@@ -12,11 +12,11 @@ from pathlib import Path
 
 import pytest
 
-from jaxgpt import checkpoint
 from jaxgpt.cli import run_cli
-from jaxgpt.cli.plot import main as plot_main
-from jaxgpt.errors import JaxgptError, UsageError
-from jaxgpt.rundir import LOCK, OWNER, RunDir
+from jaxgpt.plot import main as plot_main
+from jaxgpt.store import checkpoint
+from jaxgpt.store.rundir import LOCK, OWNER, RunDir
+from jaxgpt.system.errors import JaxgptError, UsageError
 
 TINY = ["--config=tiny", "--progress=false", "--sample_chars=0"]
 

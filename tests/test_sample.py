@@ -11,19 +11,20 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 from scipy.stats import chisquare
 
-from jaxgpt.errors import UsageError
-from jaxgpt.model import GPT, BigramLanguageModel, GPTConfig, init_params
-from jaxgpt.sample import (
+from jaxgpt.core.config import GPTConfig
+from jaxgpt.core.model import GPT, BigramLanguageModel, init_params
+from jaxgpt.core.sampling import (
     KV_CACHE_GROWTH,
     KV_CACHE_MIN_STEP,
     Sampling,
-    _generate_cached,
     draw_token,
     filter_logits,
     generate,
+    generate_cached,
     generate_with_model,
     kv_cache_sizes,
 )
+from jaxgpt.system.errors import UsageError
 from jaxgpt.torch_reference.lecture import GPTLanguageModel, load_jaxgpt_params
 
 TINY = GPTConfig(vocab_size=11, block_size=8, n_layer=2, n_head=2, n_embd=16, dropout=0.0)
@@ -67,7 +68,7 @@ def test_cached_sampler_gives_the_naive_samplers_tokens_in_float64(batch, prompt
             cached = generate(TINY, params, prompt, new, key, **sampling)
         else:
             how = Sampling.of(TINY.vocab_size, **sampling)
-            cached = _generate_cached(TINY, params, prompt.astype(jnp.int32), key, how, max_new_tokens=new,
+            cached = generate_cached(TINY, params, prompt.astype(jnp.int32), key, how, max_new_tokens=new,
                                       cache="recompute", cache_sizes=cache_sizes)
         recomputed = generate_with_model(GPT(TINY), params, prompt, new, key, block_size=TINY.block_size,
                                          vocab_size=TINY.vocab_size, **sampling)
@@ -139,10 +140,10 @@ def test_same_key_same_tokens_other_key_other_tokens():
 def test_new_key_and_sampling_settings_reuse_the_compiled_sampler():
     params, prompt = init(), jnp.zeros((4, 1), jnp.int32)  # the shapes of the test above: compiled once
     generate(TINY, params, prompt, 30, jax.random.key(0))
-    compiled = _generate_cached._cache_size()
+    compiled = generate_cached._cache_size()
     generate(TINY, params, prompt, 30, jax.random.key(1), temperature=0.5, top_k=2, top_p=0.7)
     generate(TINY, params, prompt, 30, jax.random.key(2), temperature=0.0)
-    assert _generate_cached._cache_size() == compiled
+    assert generate_cached._cache_size() == compiled
 
 
 def test_zero_new_tokens_returns_the_prompt():

@@ -15,13 +15,13 @@ import torch
 from gpt2_standins import hf_logits, save_tiny_gpt2, tiny_gpt2_encoding, use_hub_standin, use_tiny_gpt2_encoding
 from torch_models import layout_config, torch_model
 
-from jaxgpt import checkpoint
+from jaxgpt import sample as cli_sample
 from jaxgpt.cli import run_cli
-from jaxgpt.cli import sample as cli_sample
-from jaxgpt.cli.sample import RULE, main
-from jaxgpt.config import load_config
-from jaxgpt.sample import generate
-from jaxgpt.train import train
+from jaxgpt.core.config import load_config
+from jaxgpt.core.sampling import generate
+from jaxgpt.run.training import train
+from jaxgpt.sample import RULE, main
+from jaxgpt.store import checkpoint
 
 
 def train_tiny(tmp_path_factory, text: str, max_iters: int, **model_changes):

@@ -28,14 +28,15 @@ from hypothesis import given
 from hypothesis import strategies as st
 from jax.sharding import AbstractMesh, AxisType, PartitionSpec
 
-from jaxgpt import checkpoint, sharding
 from jaxgpt.cli import run_cli
-from jaxgpt.cli.train import main
-from jaxgpt.config import load_config
-from jaxgpt.errors import UsageError
-from jaxgpt.model import init_params
-from jaxgpt.optim import make_optimizer
-from jaxgpt.train import TrainState
+from jaxgpt.core.config import load_config
+from jaxgpt.core.model import init_params
+from jaxgpt.core.optim import make_optimizer
+from jaxgpt.run.step import TrainState
+from jaxgpt.store import checkpoint
+from jaxgpt.system import sharding
+from jaxgpt.system.errors import UsageError
+from jaxgpt.train import main
 
 MESH_4x2 = AbstractMesh((4, 2), ("data", "fsdp"), axis_types=(AxisType.Auto,) * 2)  # shapes only, no devices
 RTOL = 1e-5  # relative: losses elementwise, parameters per tensor in L2 norm
@@ -264,8 +265,8 @@ SAVE_BOTH_SCRIPT = """
 import sys
 import jax
 import jax.numpy as jnp
-from jaxgpt import sharding
-from jaxgpt.checkpoint import RunCheckpoints
+from jaxgpt.system import sharding
+from jaxgpt.store.checkpoint import RunCheckpoints
 
 sharding.initialize_distributed(True)
 replicated = jax.sharding.NamedSharding(sharding.make_mesh(), jax.sharding.PartitionSpec())

@@ -1,4 +1,4 @@
-"""jaxgpt.tokenizers: each kind round-trips text and its JSON, counts bytes, and loads with no network."""
+"""jaxgpt.data.tokenizers: each kind round-trips text and its JSON, counts bytes, and loads with no network."""
 
 from __future__ import annotations
 
@@ -12,14 +12,10 @@ import tiktoken
 import tiktoken.load
 import tiktoken.registry
 
-from jaxgpt import CharTokenizer, checkpoint
-from jaxgpt.cli.sample import main as sample_main
-from jaxgpt.config import TrainConfig
-from jaxgpt.convert import write_run_dir
-from jaxgpt.errors import UsageError
-from jaxgpt.model import GPTConfig, init_params
-from jaxgpt.rundir import RunDir
-from jaxgpt.tokenizers import (
+from jaxgpt import CharTokenizer
+from jaxgpt.core.config import GPTConfig, TrainConfig
+from jaxgpt.core.model import init_params
+from jaxgpt.data.tokenizers import (
     EOT,
     BPETokenizer,
     TiktokenTokenizer,
@@ -28,6 +24,11 @@ from jaxgpt.tokenizers import (
     tokenizer_from_json,
     train_bpe,
 )
+from jaxgpt.sample import main as sample_main
+from jaxgpt.store import checkpoint
+from jaxgpt.store.rundir import RunDir
+from jaxgpt.system.errors import UsageError
+from jaxgpt.weights.convert import write_run_dir
 
 GPT2_PATTERN = r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
 TEXTS = ["", "First Citizen:\nBefore we proceed", "héllo wörld ☃ 🎉\n\n  x", "<|endoftext|> is text here", "a" * 300]

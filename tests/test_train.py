@@ -12,10 +12,10 @@ import jax
 import numpy as np
 import pytest
 
-from jaxgpt import checkpoint
-from jaxgpt.config import load_config
-from jaxgpt.errors import UsageError
-from jaxgpt.train import eval_steps, train
+from jaxgpt.core.config import load_config
+from jaxgpt.run.training import eval_steps, train
+from jaxgpt.store import checkpoint
+from jaxgpt.system.errors import UsageError
 
 
 def tiny(tmp_path, data_path, **overrides):
@@ -107,7 +107,8 @@ def test_muon_trains_from_the_command_line(tmp_path, small_text_file):
 def test_full_val_loss_is_every_window_once_whatever_the_batch(tmp_path, small_text_file):
     """eval_mode=full: the mean loss of every val token after the first, each predicted from its consecutive
     block_size window, equal to a plain loop over the windows and the same for any batch size."""
-    from jaxgpt.train import Run, cross_entropy
+    from jaxgpt.core.losses import cross_entropy
+    from jaxgpt.run.training import Run
 
     config = dataclasses.replace(load_config("tiny"), data_path=str(small_text_file), out_dir=str(tmp_path / "a"),
                                  max_iters=4, eval_interval=2, eval_iters=1, progress=False, sample_chars=0,
@@ -129,10 +130,10 @@ def test_full_val_loss_is_every_window_once_whatever_the_batch(tmp_path, small_t
 
 def _train_steps(config, data, steps: int):
     """`steps` compiled steps of `config` from the seed's init, on the device tokens `data`; (state, losses)."""
-    from jaxgpt import sharding
-    from jaxgpt.model import build_model, init_params
-    from jaxgpt.optim import make_optimizer
-    from jaxgpt.train import TrainState, make_train_step
+    from jaxgpt.core.model import build_model, init_params
+    from jaxgpt.core.optim import make_optimizer
+    from jaxgpt.run.step import TrainState, make_train_step
+    from jaxgpt.system import sharding
 
     model, tx = build_model(config.model), make_optimizer(config)
     state = TrainState.fresh(init_params(config.model, jax.random.key(config.seed)), tx)
@@ -168,10 +169,10 @@ def test_grad_accumulation_equals_one_big_batch():
 def test_grad_accumulation_keeps_the_memory_of_one_micro_batch():
     """XLA's own count of the compiled step's temporary buffers: 4 micro-batches of 8 rows need about what one
     micro-batch needs, and far less than one batch of 32 rows (benchmarks/RESULTS.md has the figures)."""
-    from jaxgpt import sharding
-    from jaxgpt.model import build_model, init_params
-    from jaxgpt.optim import make_optimizer
-    from jaxgpt.train import TrainState, make_train_step
+    from jaxgpt.core.model import build_model, init_params
+    from jaxgpt.core.optim import make_optimizer
+    from jaxgpt.run.step import TrainState, make_train_step
+    from jaxgpt.system import sharding
 
     def temp_bytes(batch_size: int, grad_accum: int) -> int:
         config = _accum_config(batch_size, grad_accum, block_size=64, n_embd=64, n_head=4)
@@ -188,7 +189,7 @@ def test_grad_accumulation_keeps_the_memory_of_one_micro_batch():
 
 
 def test_grad_accumulation_trains_and_counts_its_tokens(tmp_path, small_text_file):
-    from jaxgpt.train import Run
+    from jaxgpt.run.training import Run
 
     config = tiny(tmp_path, small_text_file, grad_accum=2, max_iters=10, eval_interval=10)
     with Run(config, log=lambda _: None) as run:

@@ -1,7 +1,7 @@
 """The PyTorch models each conversion layout comes from, built for a GPTConfig, and shared parity helpers.
 
 Besides the conversion layouts ("lecture", "nanogpt", "hf"), "modern" is jaxgpt/torch_reference/modern.py: every
-GPTConfig switch, its params mapped by the reference's own `jaxgpt_state_dict` rather than by jaxgpt.convert.
+GPTConfig switch, its params mapped by the reference's own `jaxgpt_state_dict` rather than by jaxgpt.weights.convert.
 """
 
 from __future__ import annotations
@@ -14,12 +14,13 @@ import numpy as np
 import torch
 from transformers import GPT2Config, GPT2LMHeadModel
 
-from jaxgpt.convert import LAYOUT_FIELDS, to_torch_state_dict
-from jaxgpt.model import GPTConfig, init_params
+from jaxgpt.core.config import GPTConfig
+from jaxgpt.core.model import init_params
 from jaxgpt.torch_reference import modern
 from jaxgpt.torch_reference.lecture import GPTLanguageModel
 from jaxgpt.torch_reference.nanogpt import GPT as NanoGPT
 from jaxgpt.torch_reference.nanogpt import NanoGPTConfig
+from jaxgpt.weights.convert import LAYOUT_FIELDS, to_torch_state_dict
 
 torch.set_default_dtype(torch.float32)
 torch.use_deterministic_algorithms(True)

@@ -1,6 +1,6 @@
-"""The command-line layer: flag parsing, one-line errors and exit codes for every `python -m jaxgpt.X`.
+"""What every command (`python -m jaxgpt.X`, jaxgpt/X.py) shares: flag parsing, one-line errors and exit codes.
 
-Library modules hold no argument parsing; each command here turns flags into a library call. Mistakes raise
+Library modules hold no argument parsing; each command turns flags into a library call. Mistakes raise
 `UsageError` (one line on stderr, exit status 2); failures during a run exit with 1 (see `run_cli`).
 """
 
@@ -8,18 +8,18 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-import logging
 import sys
 import typing
-import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import simple_parsing
 
-from jaxgpt import allocator
-from jaxgpt.config import HOW_TO_COMPUTE, GPTConfig, TrainConfig, load_config
-from jaxgpt.errors import JaxgptError, UsageError
+from jaxgpt.core.config import HOW_TO_COMPUTE, GPTConfig, TrainConfig, load_config
+from jaxgpt.core.mfu import step_activation_bytes
+from jaxgpt.system import allocator
+from jaxgpt.system.errors import JaxgptError, UsageError
+from jaxgpt.system.logs import quiet_checkpoint_failures
 
 
 class ArgumentParser(simple_parsing.ArgumentParser):
@@ -131,44 +131,12 @@ def _check_init_from_flags(argv: list[str], config: TrainConfig) -> None:
                          "--dense_kernel may be set)")
 
 
-_READ_FAILURE_MARKS = ("Event loop is closed", "_read_array_index", "Encountered error while reading array index")
-
-
-def _is_read_failure_leftover(text: str) -> bool:
-    return any(mark in text for mark in _READ_FAILURE_MARKS)
-
-
-class _OrbaxFailureLogFilter(logging.Filter):
-    """Drops orbax's own error reports (absl's log) and its background tasks' unretrieved exceptions (asyncio's
-    log): jaxgpt reports each failure once, as one line."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        message = record.getMessage()
-        if _is_read_failure_leftover(message) or "exception was never retrieved" in message:
-            return False
-        return not (record.levelno >= logging.ERROR and "orbax" in record.pathname)
-
-
-def quiet_checkpoint_failures() -> None:
-    """When orbax fails to write (a full disk) or read (a damaged checkpoint), its background threads and
-    abandoned concurrent reads report it again and again: in absl's and asyncio's logs, at garbage collection
-    ("Event loop is closed", "exception was never retrieved", "never awaited"), pages of tracebacks at any later
-    time. jaxgpt reports the failure once, so a command drops exactly these; everything else still reaches the
-    previous hook and logs. Process-wide, hence here in the command-line layer and not in library calls."""
-    previous = sys.unraisablehook
-    if getattr(previous, "drops_failed_read_leftovers", False):
-        return  # installed by an earlier command in this process
-
-    def hook(unraisable) -> None:
-        if not _is_read_failure_leftover(f"{unraisable.exc_value} {unraisable.object!r}"):
-            previous(unraisable)
-
-    hook.drops_failed_read_leftovers = True
-    sys.unraisablehook = hook
-    for name in ("asyncio", "absl"):
-        logging.getLogger(name).addFilter(_OrbaxFailureLogFilter())
-    for coroutine in ("_read_array_index", "async_serialize_from_host"):  # an abandoned read; a failed write
-        warnings.filterwarnings("ignore", message=f"coroutine '{coroutine}", category=RuntimeWarning)
+def worth_keeping(config: TrainConfig) -> bool:
+    """Whether keeping freed memory (jaxgpt.system.allocator) pays for a training run of `config`: not if a step's
+    activations exceed KEEP_FREED_LIMIT, nor from pretrained weights (`init_from`: GPT-2's size at least, and their
+    shapes are not known before they are read)."""
+    activations = step_activation_bytes(config.model, config.batch_size)
+    return not config.init_from and activations <= allocator.KEEP_FREED_LIMIT
 
 
 def run_cli(main: Callable[[list[str] | None], None], argv: list[str] | None = None) -> None:

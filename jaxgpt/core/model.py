@@ -13,7 +13,7 @@ logit soft-capping (`logit_softcap`).
 Mixed precision: parameters are float32 in training; `dtype` is the compute dtype of the matrix multiplies.
 The residual stream, LayerNorm, softmax and the loss stay in float32 (like torch.autocast), and so do
 RoPE's rotation, QK-norm's statistics and the soft-capped logits. For inference, parameters may be stored in
-bfloat16 (`jaxgpt.pretrained.cast_params`): each layer then computes with its weights rounded to bfloat16, the
+bfloat16 (`jaxgpt.weights.pretrained.cast_params`): each layer then computes with its weights rounded to bfloat16, the
 residual stream still float32.
 """
 
@@ -29,10 +29,10 @@ import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
 
-from jaxgpt.config import Attention, GPTConfig
-from jaxgpt.errors import UsageError
-from jaxgpt.layers import Dropout, cpu_dense_dot_general, gelu
-from jaxgpt.mfu import flops_per_token
+from jaxgpt.core.config import Attention, GPTConfig
+from jaxgpt.core.layers import Dropout, cpu_dense_dot_general, gelu
+from jaxgpt.core.mfu import flops_per_token
+from jaxgpt.system.errors import UsageError
 
 _weight_init = nn.initializers.normal(stddev=0.02)  # the lecture's _init_weights
 Decode = bool | Literal["rolling"]  # a model call's `decode`: False (training), True (KV cache) or "rolling"
@@ -56,7 +56,7 @@ def _dense(config: GPTConfig, features: int, name: str, use_bias: bool, zero_ini
                     kernel_init=kernel_init, bias_init=nn.initializers.zeros, dot_general=dot_general, name=name)
 
 
-def _layer_norm(config: GPTConfig, name: str) -> nn.LayerNorm:
+def layer_norm(config: GPTConfig, name: str) -> nn.LayerNorm:
     return nn.LayerNorm(epsilon=config.layer_norm_eps, use_bias=config.bias, use_fast_variance=False, name=name)
 
 
@@ -67,7 +67,7 @@ def _rms_norm(config: GPTConfig, name: str) -> nn.RMSNorm:
 
 def _norm(config: GPTConfig, name: str) -> nn.Module:
     """The normalization of the residual stream's branches and of the output: `config.norm`."""
-    return _rms_norm(config, name) if config.norm == "rmsnorm" else _layer_norm(config, name)
+    return _rms_norm(config, name) if config.norm == "rmsnorm" else layer_norm(config, name)
 
 
 @functools.lru_cache(maxsize=16)
@@ -254,9 +254,9 @@ class GPT(nn.Module):
     """The lecture's GPTLanguageModel: idx (B, T) int -> logits (B, T, V).
 
     Token ids must be in [0, vocab_size): like torch.nn.Embedding's, an out-of-range id is not checked here
-    (inside a compiled function it cannot be), so check inputs first (`jaxgpt.data.check_tokens`).
-    The config's "auto" choices (dtype, dense_kernel) are made for JAX's default backend when the module is
-    constructed (`GPTConfig.resolved`), so the compiled code does not depend on where it is traced.
+    (inside a compiled function it cannot be), so check inputs first (`check_tokens`).
+    The config's "auto" choices (dtype, dense_kernel) are made for JAX's default backend where the model is traced
+    (`GPTConfig.resolved`; a run's config arrives resolved).
 
     `decode=True` (sampling) continues the tokens of earlier decode calls, whose keys and values the 'cache'
     collection holds: apply with `mutable=["cache"]`, starting without a cache. The caller keeps the total
@@ -266,13 +266,9 @@ class GPT(nn.Module):
 
     config: GPTConfig
 
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "config", self.config.resolved())  # a frozen dataclass field, set once
-        super().__post_init__()
-
     @nn.compact
     def __call__(self, idx: jax.Array, deterministic: bool = True, decode: Decode = False) -> jax.Array:
-        cfg = self.config
+        cfg = self.config.resolved()
         B, T = idx.shape
         if cfg.block_size < T:
             raise UsageError(f"sequence length {T} exceeds block_size {cfg.block_size}; crop the input")
@@ -307,7 +303,7 @@ class GPT(nn.Module):
         return start
 
     def flops_per_token(self, n_params: int) -> int:
-        """Training FLOPs per token (see jaxgpt.mfu)."""
+        """Training FLOPs per token (see jaxgpt.core.mfu)."""
         return flops_per_token(self.config, n_params)
 
 
@@ -328,6 +324,21 @@ class BigramLanguageModel(nn.Module):
 
 
 LanguageModel = GPT | BigramLanguageModel  # idx (B, T) -> logits (B, T, V); both take deterministic and decode
+
+
+def check_tokens(tokens, vocab_size: int, name: str = "tokens") -> np.ndarray:
+    """`tokens` as an int32 array, after checking that they are integers (no silent cast of floats, strings or
+    bools) in [0, vocab_size). The check runs on the host, before anything is compiled: a model cannot check ids
+    inside a compiled function (out-of-range ids give NaN or wrap around there)."""
+    array = np.asarray(tokens)
+    if array.dtype == object or not np.issubdtype(array.dtype, np.integer):
+        kind = type(tokens).__name__ if array.dtype == object or array.dtype.kind in "USO" else array.dtype
+        raise UsageError(f"{name} must be integer token ids, got {kind}; encode text with the run's tokenizer")
+    if array.size:
+        low, high = int(array.min()), int(array.max())
+        if low < 0 or high >= vocab_size:
+            raise UsageError(f"{name} must be token ids in [0, {vocab_size}), got values in [{low}, {high}]")
+    return array.astype(np.int32)
 
 
 def build_model(config: GPTConfig) -> LanguageModel:

@@ -17,7 +17,7 @@ import jax
 import numpy as np
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
-from jaxgpt.errors import UsageError
+from jaxgpt.system.errors import UsageError
 
 DATA, FSDP = "data", "fsdp"
 MESH_AXES = (DATA, FSDP)

@@ -12,8 +12,8 @@ The price: memory freed by the process stays with it until it exits, and for ste
 the heap fragments: at the `lecture` size (4.5 GB of temporaries per step) the process grew by a step's
 temporaries every few steps, to 24 GB and the out-of-memory killer within 12 steps and an evaluation. So
 `jaxgpt.train` returns to glibc's defaults for large blocks (`use_default_malloc`) unless `worth_keeping`: when a
-step's activations (`step_activation_bytes`) exceed KEEP_FREED_LIMIT, or the run starts from pretrained weights;
-there the page faults are a small part of a long step.
+step's activations (`jaxgpt.core.mfu.step_activation_bytes`) exceed KEEP_FREED_LIMIT, or the run starts from
+pretrained weights (`jaxgpt.cli.worth_keeping`); there the page faults are a small part of a long step.
 Process-wide, hence called by the command lines (`jaxgpt.cli.run_cli`) and not by library calls; a notebook or
 script may call `keep_freed_memory()` itself, first thing. Settings given in `GLIBC_TUNABLES` win. Elsewhere
 than glibc (macOS, musl), nothing changes.
@@ -25,8 +25,6 @@ import ctypes
 import ctypes.util
 import os
 import platform
-
-from jaxgpt.config import GPTConfig, TrainConfig
 
 # mallopt parameters, from glibc's malloc.h
 M_TRIM_THRESHOLD = -1
@@ -55,19 +53,3 @@ def use_default_malloc() -> bool:
     """Undo `keep_freed_memory` for large blocks: mmap them and trim the heap again (one arena stays). Returns
     whether the settings were applied."""
     return _mallopt(((M_MMAP_MAX, DEFAULT_MMAP_MAX), (M_TRIM_THRESHOLD, DEFAULT_TRIM_THRESHOLD)))
-
-
-def worth_keeping(config: TrainConfig) -> bool:
-    """Whether keeping freed memory pays for a training run of `config`: not if a step's activations exceed
-    KEEP_FREED_LIMIT, nor from pretrained weights (`init_from`: GPT-2's size at least, and their shapes are not
-    known before they are read)."""
-    return not config.init_from and step_activation_bytes(config.model, config.batch_size) <= KEEP_FREED_LIMIT
-
-
-def step_activation_bytes(model: GPTConfig, batch_size: int) -> float:
-    """About how many bytes of float32 activations one train step of `model` on `batch_size` sequences keeps for
-    its backward pass: per layer and token 68 C + 10 n_head T bytes (Korthikanti et al. 2022's 34 C + 5 n_head T
-    for 16-bit values, doubled). XLA's own plans: `lecture` 4.5 GB (this: 4.1 GB), nanoGPT's CPU recipe 50 MB
-    (this: 35 MB)."""
-    per_token_layer = 68 * model.n_embd + 10 * model.n_head * model.block_size
-    return float(per_token_layer) * batch_size * model.block_size * model.n_layer

@@ -1,4 +1,4 @@
-"""The dataset: where the text comes from, the split and batches (the tokenizers are in jaxgpt.tokenizers).
+"""The dataset: where the text comes from, the split and batches (the tokenizers are in jaxgpt.data.tokenizers).
 
 Resolution order for the text file: an explicit path, then `$JAXGPT_DATA`, then the user cache,
 then a download of tiny Shakespeare (verified by sha256, written atomically into the cache).
@@ -14,15 +14,12 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 import platformdirs
 
-from jaxgpt.errors import UsageError
-from jaxgpt.keys import step_keys
-from jaxgpt.prepare import open_prepared
-from jaxgpt.tokenizers import CharTokenizer, Tokenizer
+from jaxgpt.data.prepared import open_prepared
+from jaxgpt.data.tokenizers import CharTokenizer, Tokenizer
+from jaxgpt.system.errors import UsageError
 
 SHAKESPEARE_URL = "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt"
 SHAKESPEARE_SHA256 = "86c4e6aa9db7c042ec79f339dcb96d42b0075e16b8fc2e86bf0ca57e2dc565ed"
@@ -86,21 +83,6 @@ def read_text(path: str | os.PathLike) -> str:
     return text
 
 
-def check_tokens(tokens, vocab_size: int, name: str = "tokens") -> np.ndarray:
-    """`tokens` as an int32 array, after checking that they are integers (no silent cast of floats, strings or
-    bools) in [0, vocab_size). The check runs on the host, before anything is compiled: a model cannot check ids
-    inside a compiled function (out-of-range ids give NaN or wrap around there)."""
-    array = np.asarray(tokens)
-    if array.dtype == object or not np.issubdtype(array.dtype, np.integer):
-        kind = type(tokens).__name__ if array.dtype == object or array.dtype.kind in "USO" else array.dtype
-        raise UsageError(f"{name} must be integer token ids, got {kind}; encode text with the run's tokenizer")
-    if array.size:
-        low, high = int(array.min()), int(array.max())
-        if low < 0 or high >= vocab_size:
-            raise UsageError(f"{name} must be token ids in [0, {vocab_size}), got values in [{low}, {high}]")
-    return array.astype(np.int32)
-
-
 def _sha256(payload: bytes) -> str:
     return hashlib.sha256(payload).hexdigest()
 
@@ -133,7 +115,7 @@ class Dataset:
     tokenizer: Tokenizer
     train: np.ndarray  # (N_train,) int32, or a prepared dataset's np.memmap (uint16 or uint32)
     val: np.ndarray  # (N_val,)
-    memory_mapped: bool = False  # too big for the devices: batches are gathered on the host (jaxgpt.loader)
+    memory_mapped: bool = False  # too big for the devices: batches are gathered on the host (jaxgpt.data.batches)
     prepared_sha256: str | None = None  # a prepared dataset's fingerprint, from its meta.json's sha256s
 
     def fingerprint(self) -> str:
@@ -160,50 +142,3 @@ def load_dataset(data_path: str | os.PathLike | None, block_size: int) -> Datase
     tokens = np.asarray(tokenizer.encode(text), dtype=np.int32)
     train, val = train_val_split(tokens, block_size)
     return Dataset(tokenizer, train, val)
-
-
-def window_offsets(key: jax.Array, n_tokens: int, shape: tuple[int, ...], block_size: int) -> jax.Array:
-    """Start offsets `shape` of random windows of block_size + 1 tokens in a split of `n_tokens` (the lecture's
-    `torch.randint(len(data) - block_size, (batch_size,))`). A shape (A, B) draws the same numbers as (A * B,)."""
-    return jax.random.randint(key, shape, 0, n_tokens - block_size)
-
-
-def train_offsets(seed: int, steps: jax.Array, n_tokens: int, grad_accum: int, batch_size: int,
-                  block_size: int) -> jax.Array:
-    """(K, A, B) window offsets of the training steps `steps` (K,): A micro-batches of B rows each, drawn with the
-    step's batch key. The on-device path and the host path (jaxgpt.loader) both draw with this function."""
-    def one_step(step):
-        batch_key, _ = step_keys(seed, step)
-        return window_offsets(batch_key, n_tokens, (grad_accum, batch_size), block_size)
-
-    return jax.vmap(one_step)(steps)
-
-
-def eval_offsets(key: jax.Array, n_tokens: int, eval_iters: int, batch_size: int, block_size: int) -> jax.Array:
-    """(eval_iters, B) window offsets of a loss estimate: batch i drawn with the i-th of `key`'s split."""
-    return jax.vmap(lambda k: window_offsets(k, n_tokens, (batch_size,), block_size))(
-        jax.random.split(key, eval_iters))
-
-
-def gather_windows(tokens, offsets, block_size: int):
-    """The windows (..., T + 1) starting at `offsets` (...): jnp arrays on the device, numpy (or a memmap) on the
-    host. A window's first T tokens are a context x, its last T the targets y."""
-    xp = np if isinstance(tokens, np.ndarray) else jnp
-    return tokens[offsets[..., None] + xp.arange(block_size + 1)]
-
-
-def consecutive_windows(tokens: np.ndarray, first: int, count: int, block_size: int) -> tuple[np.ndarray, np.ndarray]:
-    """Windows `first` .. `first + count - 1` of `tokens` (N,) cut into consecutive blocks: window w holds tokens
-    w*T .. w*T + T, so each token after the first is a target in exactly one window. Returns the windows
-    (count, T + 1) int32, zero-padded past the end (padding comes after every real token: causal attention
-    never lets a counted target see it), and `counted` (count, T): which targets exist."""
-    index = (first + np.arange(count))[:, None] * block_size + np.arange(block_size + 1)  # (count, T + 1)
-    inside = index < len(tokens)
-    windows = np.where(inside, tokens[np.minimum(index, len(tokens) - 1)], 0).astype(np.int32)
-    return windows, inside[:, 1:]
-
-
-def get_batch(key: jax.Array, data: jax.Array, batch_size: int, block_size: int) -> tuple[jax.Array, jax.Array]:
-    """Random contexts x (B, T) and their next-token targets y (B, T), drawn on device (jittable)."""
-    windows = gather_windows(data, window_offsets(key, data.shape[0], (batch_size,), block_size), block_size)
-    return windows[:, :-1], windows[:, 1:]  # (B, T) each

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import jax
 
-from jaxgpt.config import GPTConfig
+from jaxgpt.core.config import GPTConfig
 
 # Dense peak FLOP/s per device, from the vendors' data sheets: (device_kind contains, bfloat16, float32).
 # "float32" is what XLA runs float32 matmuls at by default: TF32 tensor cores on A100/H100/H200,
@@ -55,3 +55,12 @@ def device_peak_flops(device: jax.Device, dtype: str) -> float | None:
 def mfu(tokens_per_sec: float, flops_per_token: float, peak_flops: float | None) -> float | None:
     """Fraction of the peak FLOP/s achieved; None when the peak is unknown."""
     return None if not peak_flops else tokens_per_sec * flops_per_token / peak_flops
+
+
+def step_activation_bytes(model: GPTConfig, batch_size: int) -> float:
+    """About how many bytes of float32 activations one train step of `model` on `batch_size` sequences keeps for
+    its backward pass: per layer and token 68 C + 10 n_head T bytes (Korthikanti et al. 2022's 34 C + 5 n_head T
+    for 16-bit values, doubled). XLA's own plans: `lecture` 4.5 GB (this: 4.1 GB), nanoGPT's CPU recipe 50 MB
+    (this: 35 MB)."""
+    per_token_layer = 68 * model.n_embd + 10 * model.n_head * model.block_size
+    return float(per_token_layer) * batch_size * model.block_size * model.n_layer

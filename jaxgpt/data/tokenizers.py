@@ -20,8 +20,9 @@ from typing import ClassVar, Protocol
 import numpy as np
 import tiktoken
 
-from jaxgpt.errors import UsageError
+from jaxgpt.system.errors import UsageError
 
+TOKENIZER_FILE = "tokenizer.json"  # a tokenizer's file in run and prepared-data directories
 EOT = "<|endoftext|>"  # the end-of-text token put between documents
 # rustbpe's default split pattern (GPT-4's, numbers in runs of up to 3), written out so a saved BPE never depends
 # on a library default.
@@ -283,3 +284,8 @@ def load_tokenizer(path: str | os.PathLike) -> Tokenizer:
     except (ValueError, KeyError, TypeError) as err:
         raise UsageError(f"{path} is not a valid tokenizer file ({type(err).__name__}: {err})") from None
 
+
+def default_prompt(tokenizer: Tokenizer) -> list[int]:
+    """Where a sample starts without a prompt: token 0 for characters (the lecture's start, a newline in
+    Shakespeare), else the end-of-text token (the start of a document)."""
+    return [0] if tokenizer.eot_id is None else [tokenizer.eot_id]

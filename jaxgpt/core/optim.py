@@ -6,7 +6,7 @@ from __future__ import annotations
 import jax
 import optax
 
-from jaxgpt.config import TrainConfig
+from jaxgpt.core.config import TrainConfig
 
 
 def learning_rate_schedule(config: TrainConfig, peak: float | None = None) -> optax.Schedule:

@@ -1,6 +1,6 @@
 """Checkpoints with orbax: a run's training checkpoints, exported params, and `load` for inference.
 
-Where the files live is `jaxgpt.rundir.RunDir`'s business; this module reads and writes them. Every random draw
+Where the files live is `jaxgpt.store.rundir.RunDir`'s business; this module reads and writes them. Every random draw
 of training derives from (seed, step), so params, optimizer state and meta are all a run needs to continue
 exactly where it stopped.
 """
@@ -21,12 +21,12 @@ import jax.numpy as jnp
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers
 
-from jaxgpt import sharding
-from jaxgpt.config import HOW_TO_COMPUTE, GPTConfig, TrainConfig
-from jaxgpt.errors import JaxgptError, UsageError
-from jaxgpt.model import check_params
-from jaxgpt.rundir import RunDir
-from jaxgpt.tokenizers import Tokenizer
+from jaxgpt.core.config import HOW_TO_COMPUTE, GPTConfig, TrainConfig
+from jaxgpt.core.model import check_params
+from jaxgpt.data.tokenizers import Tokenizer
+from jaxgpt.store.rundir import RunDir
+from jaxgpt.system import sharding
+from jaxgpt.system.errors import JaxgptError, UsageError
 
 
 def _manager(directory: Path, keep: int | None) -> ocp.CheckpointManager:

@@ -24,7 +24,7 @@ from typing import Any, Literal
 
 import jax
 
-from jaxgpt.errors import UsageError
+from jaxgpt.system.errors import UsageError
 
 ModelType = Literal["gpt", "bigram"]
 Activation = Literal["relu", "gelu", "gelu_tanh", "relu2"]
@@ -206,7 +206,7 @@ class TrainConfig:
     progress: bool = option(True, "progress bar between evaluations")
     peak_flops: float | None = option(None, "FLOP/s of all devices together, for MFU; none: look the devices up",
                                       positive)
-    # scaling out (jaxgpt/sharding.py)
+    # scaling out (jaxgpt/system/sharding.py)
     fsdp: int = option(1, "devices that share one copy of the parameters; must divide the device count", positive)
     multihost: bool = option(False, "join other processes with jax.distributed.initialize (TPU pods, clusters)")
 
@@ -318,7 +318,9 @@ def load_config(name_or_path: str) -> TrainConfig:
         except UsageError:
             raise
         except Exception as err:  # the user's file: a syntax error, a failing import, a wrong value ...
-            raise UsageError(f"config file {name_or_path!r} failed: {type(err).__name__}: {err}") from None
+            moved = isinstance(err, ModuleNotFoundError) and (err.name or "").startswith("jaxgpt.")
+            hint = "; jaxgpt's modules moved in 0.2: write `from jaxgpt import GPTConfig, TrainConfig`" if moved else ""
+            raise UsageError(f"config file {name_or_path!r} failed: {type(err).__name__}: {err}{hint}") from None
     else:
         names = available_configs()
         if name_or_path not in names:

@@ -19,12 +19,12 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from jaxgpt import checkpoint
-from jaxgpt.config import HOW_TO_COMPUTE, GPTConfig
-from jaxgpt.convert import detect_layout, from_torch_state_dict, load_torch_checkpoint
-from jaxgpt.errors import UsageError
-from jaxgpt.rundir import RunDir
-from jaxgpt.tokenizers import Tokenizer, describe, gpt2_tokenizer
+from jaxgpt.core.config import HOW_TO_COMPUTE, GPTConfig
+from jaxgpt.data.tokenizers import Tokenizer, describe, gpt2_tokenizer
+from jaxgpt.store import checkpoint
+from jaxgpt.store.rundir import RunDir
+from jaxgpt.system.errors import UsageError
+from jaxgpt.weights.convert import detect_layout, from_torch_state_dict, load_torch_checkpoint
 
 # --init_from names -> Hugging Face hub repositories (safetensors weights)
 HUB_MODELS = {"gpt2": "openai-community/gpt2", "gpt2-medium": "openai-community/gpt2-medium",

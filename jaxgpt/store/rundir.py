@@ -2,7 +2,7 @@
 
     OUT_DIR/
       config.json              the run's TrainConfig (vocab_size set from the data)
-      tokenizer.json           the tokenizer (jaxgpt.tokenizers: characters, a BPE or GPT-2's encoding)
+      tokenizer.json           the tokenizer (jaxgpt.data.tokenizers: characters, a BPE or GPT-2's encoding)
       metrics.jsonl            one JSON line per evaluation
       checkpoints/STEP/        the latest `keep_checkpoints` training checkpoints: params, opt_state, meta
       checkpoints_best/STEP/   the checkpoint with the lowest val loss so far: params, meta
@@ -12,7 +12,7 @@
       .jaxgpt.lock, .jaxgpt.owner   while a process writes the run: its lock (see `RunDir.acquire`)
 
 A checkpoint's `meta` item (JSON) holds its step, seed, config, the sha256 of the training text and the
-last val loss (jaxgpt.checkpoint reads and writes them with orbax).
+last val loss (jaxgpt.store.checkpoint reads and writes them with orbax).
 """
 
 from __future__ import annotations
@@ -31,11 +31,11 @@ from pathlib import Path
 
 import filelock
 
-from jaxgpt.config import TrainConfig
-from jaxgpt.errors import JaxgptError, UsageError
-from jaxgpt.tokenizers import Tokenizer, load_tokenizer
+from jaxgpt.core.config import TrainConfig
+from jaxgpt.data.tokenizers import TOKENIZER_FILE, Tokenizer, load_tokenizer
+from jaxgpt.system.errors import JaxgptError, UsageError
 
-CONFIG, TOKENIZER, METRICS, PLOT = "config.json", "tokenizer.json", "metrics.jsonl", "loss.png"
+CONFIG, TOKENIZER, METRICS, PLOT = "config.json", TOKENIZER_FILE, "metrics.jsonl", "loss.png"
 CHECKPOINTS, BEST, UNUSABLE, PARAMS = "checkpoints", "checkpoints_best", "unusable_checkpoints", "params"
 ENTRIES = (CONFIG, TOKENIZER, METRICS, PLOT, CHECKPOINTS, BEST, UNUSABLE, PARAMS)  # what `--overwrite` removes
 LOCK, OWNER = ".jaxgpt.lock", ".jaxgpt.owner"  # not part of a run: an out_dir holding only these is empty

@@ -1,0 +1,46 @@
+"""Quieting orbax's repeated reports of one failed checkpoint read or write: jaxgpt reports each failure once."""
+
+from __future__ import annotations
+
+import logging
+import sys
+import warnings
+
+_READ_FAILURE_MARKS = ("Event loop is closed", "_read_array_index", "Encountered error while reading array index")
+
+
+def _is_read_failure_leftover(text: str) -> bool:
+    return any(mark in text for mark in _READ_FAILURE_MARKS)
+
+
+class _OrbaxFailureLogFilter(logging.Filter):
+    """Drops orbax's own error reports (absl's log) and its background tasks' unretrieved exceptions (asyncio's
+    log): jaxgpt reports each failure once, as one line."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if _is_read_failure_leftover(message) or "exception was never retrieved" in message:
+            return False
+        return not (record.levelno >= logging.ERROR and "orbax" in record.pathname)
+
+
+def quiet_checkpoint_failures() -> None:
+    """When orbax fails to write (a full disk) or read (a damaged checkpoint), its background threads and
+    abandoned concurrent reads report it again and again: in absl's and asyncio's logs, at garbage collection
+    ("Event loop is closed", "exception was never retrieved", "never awaited"), pages of tracebacks at any later
+    time. jaxgpt reports the failure once, so a command drops exactly these; everything else still reaches the
+    previous hook and logs. Process-wide: the commands call it (`jaxgpt.cli.run_cli`), library calls do not."""
+    previous = sys.unraisablehook
+    if getattr(previous, "drops_failed_read_leftovers", False):
+        return  # installed by an earlier command in this process
+
+    def hook(unraisable) -> None:
+        if not _is_read_failure_leftover(f"{unraisable.exc_value} {unraisable.object!r}"):
+            previous(unraisable)
+
+    hook.drops_failed_read_leftovers = True
+    sys.unraisablehook = hook
+    for name in ("asyncio", "absl"):
+        logging.getLogger(name).addFilter(_OrbaxFailureLogFilter())
+    for coroutine in ("_read_array_index", "async_serialize_from_host"):  # an abandoned read; a failed write
+        warnings.filterwarnings("ignore", message=f"coroutine '{coroutine}", category=RuntimeWarning)
