@@ -12,7 +12,7 @@ import torch
 from flax import traverse_util
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from test_parity import EXAMPLES, PARITY
+from test_parity import EXAMPLES, FLOAT32_ROUNDOFF, PARITY, PERTURBED_DRAWS, SPREAD_FACTOR
 from torch_models import random_params, torch_model
 
 from jaxgpt.core.config import GPTConfig, TrainConfig, resume_changes
@@ -158,13 +158,23 @@ def scheduled_lr(config: TrainConfig, step: int) -> float:
     return config.min_lr + (lr - config.min_lr) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
-def torch_muon_run(case: MuonCase, params, grads: list, dtype: torch.dtype) -> list[dict[str, np.ndarray]]:
-    """The params (PyTorch names) after each step of the reference: clipping by the global norm of all gradients,
-    Muon on the blocks' matrices (`hidden_matrices`) at the schedule scaled to muon_lr, and torch.optim.AdamW on
-    everything else with weight decay on matrices other than embeddings unless decay_all_params."""
-    config, tied = case.train, case.model.tie_embeddings
+def torch_muon_run(case: MuonCase, params, grads: list, perturb: int | None = None) -> list[dict[str, np.ndarray]]:
+    """The params (PyTorch names) after each step of the reference in float64: clipping by the global norm of all
+    gradients, Muon on the blocks' matrices (`hidden_matrices`) at the schedule scaled to muon_lr, and
+    torch.optim.AdamW on everything else with weight decay on matrices other than embeddings unless
+    decay_all_params. With a `perturb` seed, the params and every step's gradients are first multiplied by
+    (1 + u * e), u float32's unit roundoff, e uniform in [-1, 1] (test_parity's `perturbed_torch`)."""
+    config, tied, dtype = case.train, case.model.tie_embeddings, torch.float64
+    generator = None if perturb is None else torch.Generator().manual_seed(perturb)
+
+    def jitter(tensor: torch.Tensor) -> torch.Tensor:
+        if generator is None:
+            return tensor
+        return tensor * (1 + FLOAT32_ROUNDOFF * (torch.rand(tensor.shape, generator=generator, dtype=dtype) * 2 - 1))
+
     model = torch_model(case.model, "modern").to(dtype)
-    model.load_state_dict(modern.jaxgpt_state_dict(params, tied), strict=True)
+    model.load_state_dict({k: jitter(v.to(dtype)) for k, v in modern.jaxgpt_state_dict(params, tied).items()},
+                          strict=True)
     named = dict(model.named_parameters())  # a tied lm_head.weight once, as the token embedding
     hidden = muon_ref.hidden_matrices(model)
     rest = [name for name in named if name not in hidden]
@@ -179,7 +189,7 @@ def torch_muon_run(case: MuonCase, params, grads: list, dtype: torch.dtype) -> l
     for step, step_grads in enumerate(grads):
         torch_grads = modern.jaxgpt_state_dict(step_grads, tied)
         for name, p in named.items():
-            p.grad = torch_grads[name].to(dtype)
+            p.grad = jitter(torch_grads[name].to(dtype))
         norm = torch.sqrt(sum((p.grad**2).sum() for p in named.values()))
         if config.grad_clip and norm > config.grad_clip:
             for p in named.values():
@@ -197,8 +207,10 @@ def torch_muon_run(case: MuonCase, params, grads: list, dtype: torch.dtype) -> l
 # Each step's params are compared with PyTorch's float64 run, element by element: within MUON_RTOL of the largest
 # parameter change so far, plus one float32 spacing of the parameter per step taken (the params are float32: a
 # norm scale near 1 moves in steps of 6e-8). Beyond the spacing, jaxgpt's float32 was at most 2.4e-6 of the change
-# off (40 examples), a margin of 4; where PyTorch's own float32 run is further off (Newton-Schulz amplifies the
-# rounding of an ill-conditioned momentum: the quintic's slope at 0 is 3.4), twice its error.
+# off (40 examples), a margin of 4. Where float32 cannot be that accurate (Newton-Schulz amplifies the rounding of
+# an ill-conditioned momentum: the quintic's slope at 0 is 3.4), within SPREAD_FACTOR times the spread of float64
+# runs from float32-sized perturbations of the params and gradients (as test_parity's bound; measured on AVX2 over
+# 25 examples, 2026-12-03: jaxgpt at most 0.17 of the first term, and at most 3.4 spreads).
 MUON_RTOL = 1e-5
 
 
@@ -222,13 +234,15 @@ def test_muon_steps_match_the_pytorch_reference(case):
     for g in grads:
         p, opt_state = apply(p, opt_state, g)
         jax_after.append({k: v.double().numpy() for k, v in modern.jaxgpt_state_dict(p, False).items()})
-    t32, t64 = (torch_muon_run(case, params, grads, dtype) for dtype in (torch.float32, torch.float64))
+    t64 = torch_muon_run(case, params, grads)
+    perturbed = [torch_muon_run(case, params, grads, perturb=seed) for seed in range(PERTURBED_DRAWS)]
     start = {k: v.double().numpy() for k, v in modern.jaxgpt_state_dict(params, False).items()}
     for step in range(MUON_STEPS):
         moved = max(np.abs(t64[step][name] - start[name]).max() for name in t64[step])
         for name, exact in t64[step].items():
             jax_error = np.abs(jax_after[step][name] - exact)
             spacing = (step + 1) * np.spacing(np.abs(exact).astype(np.float32)).astype(np.float64)
-            tolerance = max(MUON_RTOL * moved, 2 * np.abs(t32[step][name] - exact).max()) + spacing
+            spread = max(np.abs(run[step][name] - exact).max() for run in perturbed)
+            tolerance = max(MUON_RTOL * moved, SPREAD_FACTOR * spread) + spacing
             assert np.all(jax_error <= tolerance), (f"step {step + 1}, {name}: jaxgpt is {jax_error.max():.3g} from "
                                                     f"PyTorch float64, more than the tolerance")
