@@ -1,34 +1,15 @@
 """Sampling text from a model (the command line is `python -m jaxgpt.sample`, jaxgpt/sample.py).
 
-Every random draw is controlled by a PRNG key: the new token at position i (0-based among the new tokens) is
-`jax.random.categorical(jax.random.fold_in(key, i), filtered_logits / temperature)`, where the top-k / top-p
-filters act on the raw logits; temperature 0 takes the argmax. Both samplers below follow that rule, so they
-give the same tokens for the same key:
+The key rule: new token i (0-based) is `jax.random.categorical(fold_in(key, i), filtered_logits / temperature)`,
+the top-k / top-p filters acting on the raw logits; temperature 0 takes the argmax. Both samplers follow it, so
+they give the same tokens for the same key:
 
-- `generate` (GPT or bigram, as the config says): a prefill pass over the prompt fills a per-layer KV cache,
-  then a `lax.scan` adds one token per step, feeding only the newest token. The cache grows to block_size in
-  up to KV_CACHE_GROWTH steps of at least KV_CACHE_MIN_STEP positions (a scan per size, compiled together), so
-  attention reads about the positions in use, not all block_size. Once the context exceeds block_size, `cache`
-  chooses:
-  - "recompute" (the default; the lecture's semantics): the positions of all kept tokens shift with every new
-    token (and, with the oldest token dropped, so do their keys and values from the second layer on), so each
-    step reruns the model on the last block_size tokens (in the same compiled loop; about block_size times the
-    work of a cached step). That holds for RoPE too, whose windows are rotated from position 0 like the
-    learned table's.
-  - "rolling" (RoPE models only; how Llama-family samplers work): the steps go on feeding one token into the
-    same, full cache, now a ring buffer of block_size slots (`CausalSelfAttention._extend_cache`). The token at
-    stream position p (counted from the start of the prompt's last block_size tokens) is written at slot
-    p % block_size, over the token p - block_size, and attends to the last block_size tokens, itself included:
-    the window of the recompute path's last position. Keys are rotated at their slot, never at a position
-    >= block_size (the float64 tables end there); RoPE scores depend on offsets only, and the slots after the
-    newest one (the previous lap) are turned back block_size positions when read, so every score sees its true
-    offset, however long the sample. No key or value is recomputed: from the second layer on, a kept token's
-    keys and values were computed when it was new, with the tokens before it that the window has since
-    dropped. So the two modes give the same tokens while the context fits block_size (the same compiled
-    steps), the same logits beyond it for one layer (exactly, up to rounding), and other logits for more
-    layers (docs/sampling.md has the drift measured on a trained model, and the speed).
-- `generate_with_model` (any model, e.g. the bigram): the lecture's loop, rerunning the model on the cropped
-  context for every token. The exactness reference for `generate`'s default.
+- `generate`: a prefill pass fills a per-layer KV cache, then a `lax.scan` feeds one token per step. The cache
+  grows to block_size in up to KV_CACHE_GROWTH sizes (attention reads about the positions in use). Beyond
+  block_size, `cache="recompute"` (the lecture's semantics, the default) reruns the model on the last block_size
+  tokens each step; `cache="rolling"` (RoPE models) keeps the cache as a ring buffer and recomputes nothing,
+  which equals recompute for one layer only (docs/sampling.md measures the drift and the speed).
+- `generate_with_model` (any model): the lecture's loop, the exactness reference for `generate`'s default.
 """
 
 from __future__ import annotations

@@ -1,22 +1,13 @@
-"""glibc malloc settings for the command-line tools, so that XLA:CPU's buffers are reused, not faulted in again.
+"""glibc malloc settings for the commands, so that XLA:CPU's buffers are reused, not faulted in again.
 
-XLA:CPU allocates a compiled program's temporary buffer (its activations, gradients, ...) at every call and
-frees it afterwards. glibc serves a block that large (over 32 MB at most) with a fresh `mmap` and gives it back
-with `munmap`, so every call page-faults all of it in again: at nanoGPT's CPU recipe size (4 layers, n_embd
-128, block 64, batch 12) about 13,000 minor page faults per train-step call, most of the per-call cost that
-made one step per call slower than ten (benchmarks/RESULTS.md). Serving large blocks from the heap, never
-trimming it, and using one arena (XLA's worker threads would otherwise get heaps of their own, which glibc does
-unmap) lets every call reuse the same pages: 0 faults per call after the first.
-
-The price: memory freed by the process stays with it until it exits, and for steps whose temporaries are large
-the heap fragments: at the `lecture` size (4.5 GB of temporaries per step) the process grew by a step's
-temporaries every few steps, to 24 GB and the out-of-memory killer within 12 steps and an evaluation. So
-`jaxgpt.train` returns to glibc's defaults for large blocks (`use_default_malloc`) unless `worth_keeping`: when a
-step's activations (`jaxgpt.core.mfu.step_activation_bytes`) exceed KEEP_FREED_LIMIT, or the run starts from
-pretrained weights (`jaxgpt.cli.worth_keeping`); there the page faults are a small part of a long step.
-Process-wide, hence called by the command lines (`jaxgpt.cli.run_cli`) and not by library calls; a notebook or
-script may call `keep_freed_memory()` itself, first thing. Settings given in `GLIBC_TUNABLES` win. Elsewhere
-than glibc (macOS, musl), nothing changes.
+XLA:CPU allocates a compiled call's temporaries at every call; glibc serves blocks that large with `mmap` and
+returns them with `munmap`, so each call page-faults them in again (about 13,000 faults per train-step call at
+nanoGPT's CPU recipe size: most of the per-call cost). `keep_freed_memory` serves large blocks from one heap,
+never trimmed: 0 faults after the first call. For steps with large temporaries the heap fragments instead (to
+24 GB at the `lecture` size), so a run returns to the defaults (`use_default_malloc`) beyond KEEP_FREED_LIMIT
+of activations (`jaxgpt.cli.worth_keeping`; docs/performance.md). Process-wide, hence called by the commands,
+not by library calls; a notebook may call `keep_freed_memory()` first thing. `GLIBC_TUNABLES` wins. Elsewhere
+than glibc, nothing changes.
 """
 
 from __future__ import annotations
