@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 
 from jaxgpt.core.config import TrainConfig
 from jaxgpt.core.keys import SAMPLE_STREAM, stream_key
-from jaxgpt.core.model import build_model
+from jaxgpt.core.model import LanguageModel, build_model
 from jaxgpt.core.optim import make_optimizer
 from jaxgpt.core.sampling import generate
 from jaxgpt.data.batches import Batches, DeviceBatches, HostBatches
@@ -31,7 +31,7 @@ from jaxgpt.data.text import Dataset
 from jaxgpt.data.tokenizers import default_prompt
 from jaxgpt.run.plot import write_loss_plot
 from jaxgpt.run.resume import check_checkpoint, check_tokenizer_unchanged
-from jaxgpt.run.start import initial_state, resolve_start
+from jaxgpt.run.start import Start, initial_state, resolve_start
 from jaxgpt.run.step import TrainState
 from jaxgpt.run.trainer import Trainer
 from jaxgpt.store.checkpoint import RunCheckpoints
@@ -69,8 +69,8 @@ def train(config: TrainConfig, log: Callable[[str], None] = print, stop: StopReq
     With `config.resume`, continues the run in out_dir from its latest usable checkpoint. `stop` ends the run
     after the current step, with a checkpoint (see `Run.fit`).
     """
-    with Run(config, log) as run:
-        interrupted = run.fit(stop)
+    with Run(config, log) as run:  # weights, data, mesh, run directory, state, checkpoints (resumed)
+        interrupted = run.fit(stop)  # the loop
         if not interrupted and run.is_main and write_loss_plot(run.run_dir) is None:
             run.log("matplotlib is not installed: no loss plot (pip install 'jaxgpt[plot]')")
     if not interrupted and config.sample_chars:
@@ -115,7 +115,7 @@ class Run:
             self._abandon()
             raise
 
-    def _build(self, start) -> None:
+    def _build(self, start: Start) -> None:
         config = self.config
         self.run_dir.check_start(config.resume, config.overwrite)
         sharding.sync("out_dir checked")  # every process looks before process 0 writes
@@ -151,7 +151,7 @@ class Run:
         self.trainer.state = state
 
     @property
-    def model(self):
+    def model(self) -> LanguageModel:
         return self.trainer.model
 
     @property
