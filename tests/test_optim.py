@@ -12,7 +12,7 @@ import torch
 from flax import traverse_util
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from test_parity import EXAMPLES, FLOAT32_ROUNDOFF, PARITY, PERTURBED_DRAWS, SPREAD_FACTOR
+from test_parity import EXAMPLES, PARITY, PERTURBED_DRAWS, SPREAD_FACTOR, float32_jitter
 from torch_models import random_params, torch_model
 
 from jaxgpt.core.config import GPTConfig, TrainConfig, resume_changes
@@ -168,9 +168,7 @@ def torch_muon_run(case: MuonCase, params, grads: list, perturb: int | None = No
     generator = None if perturb is None else torch.Generator().manual_seed(perturb)
 
     def jitter(tensor: torch.Tensor) -> torch.Tensor:
-        if generator is None:
-            return tensor
-        return tensor * (1 + FLOAT32_ROUNDOFF * (torch.rand(tensor.shape, generator=generator, dtype=dtype) * 2 - 1))
+        return tensor if generator is None else float32_jitter(tensor, generator)
 
     model = torch_model(case.model, "modern").to(dtype)
     model.load_state_dict({k: jitter(v.to(dtype)) for k, v in modern.jaxgpt_state_dict(params, tied).items()},

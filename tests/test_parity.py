@@ -129,6 +129,12 @@ def assert_close(name: str, jax_value, exact, perturbed: list, scale: float, rto
                                     f"by up to {spread:.3g})")
 
 
+def float32_jitter(tensor: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """`tensor` * (1 + u * e): u float32's unit roundoff, e uniform in [-1, 1], drawn from `generator`."""
+    noise = torch.rand(tensor.shape, generator=generator, dtype=tensor.dtype) * 2 - 1
+    return tensor * (1 + FLOAT32_ROUNDOFF * noise)
+
+
 @contextlib.contextmanager
 def perturbed_torch(model: torch.nn.Module, seed: int):
     """`model` (float64) as if it computed in float32: every weight and every module's output multiplied by
@@ -138,8 +144,7 @@ def perturbed_torch(model: torch.nn.Module, seed: int):
     generator = torch.Generator().manual_seed(seed)
 
     def jitter(tensor: torch.Tensor) -> torch.Tensor:
-        noise = torch.rand(tensor.shape, generator=generator, dtype=tensor.dtype) * 2 - 1
-        return tensor * (1 + FLOAT32_ROUNDOFF * noise)
+        return float32_jitter(tensor, generator)
 
     with torch.no_grad():
         for p in model.parameters():
