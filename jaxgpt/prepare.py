@@ -8,6 +8,7 @@ import sys
 
 from jaxgpt.cli import ArgumentParser, run_cli
 from jaxgpt.data.writer import TOKENIZER_TRAIN_BYTES, prepare
+from jaxgpt.system.interrupt import terminate_as_interrupt
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -33,9 +34,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--overwrite", action="store_true", help="replace DATA_DIR if it holds a prepared dataset")
     parser.add_argument("--quiet", action="store_true", help="no progress bars or messages on stderr")
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
-    meta = prepare(args.inputs, args.out, args.tokenizer, args.vocab_size, args.val_fraction, args.val, args.dtype,
-                   args.overwrite, args.tokenizer_train_bytes, progress=not args.quiet,
-                   log=lambda line: None if args.quiet else print(line, file=sys.stderr))
+    with terminate_as_interrupt():  # a SIGTERM (timeout, a scheduler) removes the partial output, as Ctrl-C does
+        meta = prepare(args.inputs, args.out, args.tokenizer, args.vocab_size, args.val_fraction, args.val, args.dtype,
+                       args.overwrite, args.tokenizer_train_bytes, progress=not args.quiet,
+                       log=lambda line: None if args.quiet else print(line, file=sys.stderr))
     print(f"wrote {args.out}: {meta['train_tokens']:,} train and {meta['val_tokens']:,} val tokens "
           f"({meta['tokenizer']}, vocab_size {meta['vocab_size']}, {meta['dtype']}) from {meta['documents']} "
           "documents")

@@ -6,6 +6,7 @@ import errno
 import gzip
 import hashlib
 import json
+import os
 import shutil
 
 import numpy as np
@@ -334,3 +335,91 @@ def test_gpt2_datasets_hold_the_encoding_and_fail_early_offline(tmp_path, small_
     monkeypatch.setattr(tiktoken, "get_encoding", offline)
     with pytest.raises(UsageError, match=r"GPT-2's encoding is not in tiktoken's cache .*\(no network\)"):
         quiet([str(tmp_path / "not-read-yet.txt")], tmp_path / "other", tokenizer="gpt2")
+
+
+def test_the_output_directory_is_never_read_as_input(tmp_path, small_text_file):
+    """prepare corpus --out=corpus/data --overwrite: the earlier output (and the lock beside it) are not documents."""
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    shutil.copy(small_text_file, corpus / "book.txt")
+    first = quiet([str(corpus)], corpus / "data")
+    again = quiet([str(corpus)], corpus / "data", overwrite=True)
+    assert {k: again[k] for k in ("vocab_size", "train_tokens", "documents")} == \
+           {k: first[k] for k in ("vocab_size", "train_tokens", "documents")} == \
+           {"vocab_size": first["vocab_size"], "train_tokens": first["train_tokens"], "documents": 1}
+    with pytest.raises(UsageError, match=r"INPUT '.*corpus/data/train.bin' is prepare's own output \(--out\); it is "
+                                         "never an input"):
+        quiet([str(corpus / "data" / "train.bin")], corpus / "data", overwrite=True)
+
+
+def test_a_path_that_exists_is_taken_literally_even_with_glob_characters(tmp_path):
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "data[1].txt").write_text("the literal file\n" * 50)
+    (tmp_path / "in" / "data1.txt").write_text("what the glob would match\n" * 50)
+    (tmp_path / "in" / "book [draft].txt").write_text("a draft\n" * 50)
+    meta = quiet([str(tmp_path / "in" / "data[1].txt")], tmp_path / "a")
+    assert [r["path"] for r in meta["inputs"]] == [str(tmp_path / "in" / "data[1].txt")]
+    assert open_prepared(tmp_path / "a").tokenizer.decode(open_prepared(tmp_path / "a").train[:16]) == \
+           "the literal file"
+    meta = quiet([str(tmp_path / "in" / "book [draft].txt")], tmp_path / "b")
+    assert [r["path"] for r in meta["inputs"]] == [str(tmp_path / "in" / "book [draft].txt")]
+    meta = quiet([str(tmp_path / "in" / "data?.txt")], tmp_path / "c")  # a real glob still globs
+    assert [r["path"] for r in meta["inputs"]] == [str(tmp_path / "in" / "data1.txt")]
+
+
+def test_an_input_that_grows_between_the_passes_is_refused(tmp_path, small_text_file, monkeypatch):
+    grown = tmp_path / "grown.txt"
+    shutil.copy(small_text_file, grown)
+    scan = prep._scan
+
+    def scan_then_append(path, chars, bar):
+        document = scan(path, chars, bar)
+        with open(grown, "a", encoding="utf-8") as f:  # a writer appends after the first pass read it
+            f.write("more text\n" * 1000)
+        return document
+
+    monkeypatch.setattr(prep, "_scan", scan_then_append)
+    size = small_text_file.stat().st_size
+    with pytest.raises(UsageError, match=rf"grown.txt changed while prepare read it \({size:,} bytes, then "
+                                         rf"{size + 10_000:,}\); prepare it again once nothing writes to it"):
+        quiet([str(grown)], tmp_path / "data")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["grown.txt", "small.txt"]
+
+
+def test_pipes_and_devices_are_refused_without_reading_them(tmp_path):
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)  # opening it would wait for a writer forever
+    with pytest.raises(UsageError, match=r"INPUT '.*fifo' is not a regular file \(a pipe or a device\); save it "):
+        quiet([str(fifo)], tmp_path / "data")
+    read_end, write_end = os.pipe()  # what prepare <(cat f) and /dev/stdin are
+    try:
+        with pytest.raises(UsageError, match=rf"INPUT '/dev/fd/{read_end}' is not a regular file"):
+            quiet([f"/dev/fd/{read_end}"], tmp_path / "data")
+    finally:
+        os.close(read_end)
+        os.close(write_end)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["fifo"]
+
+
+def test_token_files_and_other_binary_files_are_not_text(tmp_path, prepared):
+    with pytest.raises(UsageError, match=r"train.bin is not text \(a NUL byte at offset 1\); prepare takes text"):
+        quiet([str(prepared / "train.bin")], tmp_path / "other")
+    (tmp_path / "x.gz").write_bytes(gzip.compress(b"text\n" * 10 + b"\0"))
+    with pytest.raises(UsageError, match=r"x.gz is not text \(a NUL byte at offset 50 of its uncompressed text\)"):
+        quiet([str(tmp_path / "x.gz")], tmp_path / "other")
+
+
+def test_token_ids_beyond_the_vocabulary_are_refused_on_opening(prepared):
+    """An edited meta.json can match the file's size and sha256 and still read the bytes as other tokens."""
+    meta = json.loads((prepared / "meta.json").read_text())
+    edit_meta(prepared, dtype="uint32", train_tokens=meta["train_tokens"] // 2, val_tokens=meta["val_tokens"] // 2)
+    with pytest.raises(UsageError, match=r"train.bin holds token id \d+, but the vocabulary has 58 tokens: meta.json "
+                                         r"was edited \(dtype, counts\) or is another dataset's; prepare it again"):
+        open_prepared(prepared)
+
+
+def test_a_small_tokenizer_train_bytes_is_named_as_the_cause(tmp_path, small_text_file):
+    with pytest.raises(UsageError, match=r"--tokenizer_train_bytes=1 gives the BPE too little text for 300 tokens "
+                                         r"\(1 of the 18,000 training characters\); raise it \(default "
+                                         r"100,000,000\) or lower --vocab_size"):
+        quiet([str(small_text_file)], tmp_path / "data", tokenizer="bpe", vocab_size=300, tokenizer_train_bytes=1)

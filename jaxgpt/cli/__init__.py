@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import signal
 import sys
 import typing
 from collections.abc import Callable, Sequence
@@ -15,10 +16,11 @@ from typing import Any
 
 import simple_parsing
 
-from jaxgpt.core.config import HOW_TO_COMPUTE, GPTConfig, TrainConfig, load_config
+from jaxgpt.core.config import HOW_TO_COMPUTE, GPTConfig, TrainConfig, load_config, sizes_unused_by
 from jaxgpt.core.mfu import step_activation_bytes
 from jaxgpt.system import allocator
 from jaxgpt.system.errors import JaxgptError, UsageError
+from jaxgpt.system.interrupt import Terminated
 from jaxgpt.system.logs import quiet_checkpoint_failures
 
 
@@ -114,13 +116,33 @@ def parse_train_args(argv: list[str], prog: str = "jaxgpt.train", description: s
     optional = {name for name, tp in _flag_fields(TrainConfig).items() if type(None) in typing.get_args(tp)}
     config = parser.parse_args(_none_for_optional(argv, optional)).train
     _check_init_from_flags(argv, config)
+    _check_flags_that_do_nothing(argv, config)
     return config
+
+
+def _given_flags(argv: list[str]) -> set[str]:
+    return {token[2:].split("=", 1)[0].replace("-", "_") for token in argv if token.startswith("--")}
+
+
+def _check_flags_that_do_nothing(argv: list[str], config: TrainConfig) -> None:
+    """Refuse flags that would change nothing in this run (and be recorded in its config.json as if they had):
+    sizes the model does not have (a bigram's layers), Muon's settings without Muon, min_lr without cosine decay."""
+    given, why = _given_flags(argv), {}
+    unused, reason = sizes_unused_by(config.model)
+    why |= dict.fromkeys(given & unused, reason)
+    if config.optimizer != "muon":
+        why |= dict.fromkeys({name for name in given if name.startswith("muon_")}, "optimizer is not muon")
+    if config.lr_schedule != "cosine":
+        why |= dict.fromkeys(given & {"min_lr"}, "lr_schedule is not cosine")
+    if why:
+        raise UsageError(f"{', '.join(f'--{name}' for name in sorted(why))} would do nothing here "
+                         f"({'; '.join(sorted(set(why.values())))}); drop {'it' if len(why) == 1 else 'them'}")
 
 
 def _check_init_from_flags(argv: list[str], config: TrainConfig) -> None:
     """--init_from starts a new run whose model is the weights': refuse it with --resume, and flags that would
     change the model's shape or meaning, naming them."""
-    given = {token[2:].split("=", 1)[0].replace("-", "_") for token in argv if token.startswith("--")}
+    given = _given_flags(argv)
     if "init_from" in given and config.resume:
         raise UsageError("--init_from starts a new run from pretrained weights and --resume continues the run in "
                          "out_dir from its own checkpoint; choose one")
@@ -148,6 +170,9 @@ def run_cli(main: Callable[[list[str] | None], None], argv: list[str] | None = N
     except JaxgptError as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(err.exit_code)
+    except Terminated:
+        print("terminated", file=sys.stderr)
+        sys.exit(128 + signal.SIGTERM)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
-        sys.exit(130)
+        sys.exit(128 + signal.SIGINT)

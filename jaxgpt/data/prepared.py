@@ -25,7 +25,9 @@ from jaxgpt.system.errors import UsageError
 
 FORMAT = "jaxgpt-tokens-1"
 TRAIN, VAL, META = "train.bin", "val.bin", "meta.json"
+DATASET_FILES = (TRAIN, VAL, TOKENIZER, META)  # all that a prepared dataset's directory holds
 DTYPES = {"uint16": np.dtype("<u2"), "uint32": np.dtype("<u4")}
+READ_TOKENS = 1 << 23  # tokens hashed and checked at a time when a dataset is opened
 
 
 def file_sha256(path: Path) -> str:
@@ -52,8 +54,9 @@ class PreparedData:
 
 def open_prepared(path: str | os.PathLike, verify: bool = True) -> PreparedData:
     """The prepared dataset in `path`, checked against its meta.json: format, dtype, vocab_size, the tokenizer
-    (always hashed), file sizes, non-empty splits and, with `verify`, the token files' sha256 (about N s per GB,
-    see docs/data.md). UsageError, one line, for anything that does not match."""
+    (always hashed), file sizes, non-empty splits and, with `verify`, the token files' sha256 and that every
+    token id is in the vocabulary (one read of each file, about N s per GB, see docs/data.md). UsageError, one
+    line, for anything that does not match."""
     path = Path(path)
     meta_file = path / META
     if not meta_file.is_file():
@@ -84,11 +87,26 @@ def open_prepared(path: str | os.PathLike, verify: bool = True) -> PreparedData:
             found = "is missing" if size is None else f"has {size:,} bytes"
             raise UsageError(f"{file} {found} but {META} says {count:,} {meta['dtype']} tokens "
                              f"({count * dtype.itemsize:,} bytes): truncated, swapped or from another dataset")
-        if verify and file_sha256(file) != digests[name]:
-            raise UsageError(f"{file} does not match the sha256 in {META}: changed, swapped or from another "
-                             "dataset; prepare it again")
         arrays[name] = np.memmap(file, dtype=dtype, mode="r", shape=(count,))
+        if verify:
+            sha256, largest = _read_through(arrays[name])
+            if sha256 != digests[name]:
+                raise UsageError(f"{file} does not match the sha256 in {META}: changed, swapped or from another "
+                                 "dataset; prepare it again")
+            if largest >= vocab_size:
+                raise UsageError(f"{file} holds token id {largest}, but the vocabulary has {vocab_size} tokens: "
+                                 f"{META} was edited (dtype, counts) or is another dataset's; prepare it again")
     return PreparedData(path.absolute(), meta, tokenizer, arrays[TRAIN], arrays[VAL])
+
+
+def _read_through(tokens: np.memmap) -> tuple[str, int]:
+    """The sha256 of a token file's bytes and its largest token id, in one pass of READ_TOKENS at a time."""
+    digest, largest = hashlib.sha256(), 0
+    for start in range(0, len(tokens), READ_TOKENS):
+        chunk = np.asarray(tokens[start:start + READ_TOKENS])
+        digest.update(chunk)
+        largest = max(largest, int(chunk.max()))
+    return digest.hexdigest(), largest
 
 
 def _check_dtype_in(meta_file: Path, vocab_size: int, dtype: str) -> None:

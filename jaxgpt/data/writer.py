@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import codecs
 import concurrent.futures
+import contextlib
 import dataclasses
 import glob
 import gzip
@@ -19,8 +20,6 @@ import json
 import math
 import os
 import re
-import secrets
-import shutil
 import sys
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
@@ -29,6 +28,7 @@ from typing import BinaryIO
 import numpy as np
 from tqdm import tqdm
 
+from jaxgpt.data.destination import Destination
 from jaxgpt.data.prepared import DTYPES, FORMAT, META, TOKENIZER, TRAIN, VAL, file_sha256
 from jaxgpt.data.tokenizers import CharTokenizer, Tokenizer, gpt2_tokenizer, train_bpe
 from jaxgpt.system.errors import UsageError
@@ -58,21 +58,33 @@ class Document:
 # -- reading inputs ----------------------------------------------------------------------------------------------
 
 
-def find_inputs(patterns: Sequence[str], what: str = "INPUT") -> list[Path]:
-    """Files named by `patterns` (files, directories searched recursively, globs), each sorted; UsageError for
-    a missing file, a glob matching nothing or a file named twice."""
+def find_inputs(patterns: Sequence[str], what: str = "INPUT",
+                owned: Callable[[Path], bool] = lambda path: False) -> list[Path]:
+    """Files named by `patterns` (files, directories searched recursively, globs), each sorted. A path that
+    exists is taken literally, even with glob characters in its name. Files for which `owned` is true (prepare's
+    own output) are skipped in directories and globs, and refused when named. UsageError for a missing file, a
+    glob matching nothing, a file named twice, or one that is not a regular file (a pipe, a device)."""
     paths: list[Path] = []
     for pattern in patterns:
-        if glob.has_magic(pattern):
+        if Path(pattern).exists():
+            matches = [Path(pattern)]
+        elif glob.has_magic(pattern):
             matches = [Path(m) for m in sorted(glob.glob(pattern, recursive=True))]
+            matches = [m for m in matches if not owned(m)]
             if not matches:
                 raise UsageError(f"no file matches {what} {pattern!r}")
-        elif Path(pattern).exists():
-            matches = [Path(pattern)]
         else:
             raise UsageError(f"{what} {pattern!r} does not exist")
         for match in matches:
-            paths.extend(sorted(p for p in match.rglob("*") if p.is_file()) if match.is_dir() else [match])
+            if match.is_dir():
+                paths.extend(sorted(p for p in match.rglob("*") if p.is_file() and not owned(p)))
+            elif owned(match):
+                raise UsageError(f"{what} {str(match)!r} is prepare's own output (--out); it is never an input")
+            elif not match.is_file():
+                raise UsageError(f"{what} {str(match)!r} is not a regular file (a pipe or a device); save it to a "
+                                 "file and prepare that")
+            else:
+                paths.append(match)
     seen: set[Path] = set()
     for path in paths:
         if path.resolve() in seen:
@@ -104,7 +116,7 @@ class _HashingReader:
 def read_text_chunks(path: Path, reader: _HashingReader | None = None) -> Iterator[str]:
     """The text of `path` in pieces, normalized as `data.read_text` does (a leading byte-order mark dropped,
     \\r\\n and \\r as \\n), in bounded memory; .gz files are decompressed. UsageError at the first byte that is
-    not UTF-8, naming its offset."""
+    not UTF-8, or is NUL (token files and other binary files), naming its offset."""
     raw = reader if reader is not None else open(path, "rb")  # noqa: SIM115 (closed below)
     stream = gzip.GzipFile(fileobj=raw, mode="rb") if path.name.endswith(".gz") else raw
     decoder, consumed, carry, first = codecs.getincrementaldecoder("utf-8")(), 0, "", True
@@ -114,11 +126,14 @@ def read_text_chunks(path: Path, reader: _HashingReader | None = None) -> Iterat
                 data = stream.read(READ_BYTES)
             except (OSError, EOFError) as err:  # a damaged .gz, a failing disk
                 raise UsageError(f"cannot read {path}: {err}") from None
+            where = " of its uncompressed text" if stream is not raw else ""
+            if (nul := data.find(b"\0")) >= 0:
+                raise UsageError(f"{path} is not text (a NUL byte at offset {consumed + nul:,}{where}); prepare "
+                                 "takes text files") from None
             buffered = len(decoder.getstate()[0])
             try:
                 text = decoder.decode(data, final=not data)
             except UnicodeDecodeError as err:
-                where = " of its uncompressed text" if stream is not raw else ""
                 raise UsageError(f"{path} is not UTF-8 text (bad byte at offset {consumed - buffered + err.start:,}"
                                  f"{where}); convert it to UTF-8") from None
             consumed += len(data)
@@ -136,15 +151,21 @@ def read_text_chunks(path: Path, reader: _HashingReader | None = None) -> Iterat
             raw.close()
 
 
-def _scan(path: Path, collect_chars: set[str] | None, bar: tqdm) -> Document:
-    """One input read through: its size, sha256, characters and text bytes (checking it is UTF-8); adds its
-    characters to `collect_chars`. Its split_at is all of it."""
+@contextlib.contextmanager
+def _open_input(path: Path) -> Iterator[_HashingReader]:
     try:
         raw = open(path, "rb")  # noqa: SIM115 (closed below)
     except OSError as err:
         raise UsageError(f"cannot read {path}: {err.strerror}") from None
     with raw:
-        reader, chars, text_bytes, shown = _HashingReader(raw), 0, 0, 0
+        yield _HashingReader(raw)
+
+
+def _scan(path: Path, collect_chars: set[str] | None, bar: tqdm) -> Document:
+    """One input read through: its size, sha256, characters and text bytes (checking it is UTF-8); adds its
+    characters to `collect_chars`. Its split_at is all of it."""
+    with _open_input(path) as reader:
+        chars, text_bytes, shown = 0, 0, 0
         for text in read_text_chunks(path, reader):
             chars += len(text)
             text_bytes += len(text.encode("utf-8"))
@@ -184,15 +205,20 @@ def cut_pieces(chunks: Iterable[str], size: int = PIECE_CHARS, max_size: int = M
 
 
 def _document_parts(doc: Document) -> Iterator[tuple[str, str]]:
-    """(split, text) chunks of one document: its first `split_at` characters train, the rest validate."""
+    """(split, text) chunks of one document: its first `split_at` characters train, the rest validate. Read to
+    its end, a document that is no longer what the first pass read (written to meanwhile) is a UsageError."""
     seen = 0
-    for text in read_text_chunks(doc.path):
-        cut = min(max(doc.split_at - seen, 0), len(text))
-        if cut:
-            yield "train", text[:cut]
-        if cut < len(text):
-            yield "val", text[cut:]
-        seen += len(text)
+    with _open_input(doc.path) as reader:
+        for text in read_text_chunks(doc.path, reader):
+            cut = min(max(doc.split_at - seen, 0), len(text))
+            if cut:
+                yield "train", text[:cut]
+            if cut < len(text):
+                yield "val", text[cut:]
+            seen += len(text)
+        if reader.finish() != doc.sha256:
+            raise UsageError(f"{doc.path} changed while prepare read it ({doc.bytes:,} bytes, then {reader.bytes:,}); "
+                             "prepare it again once nothing writes to it")
 
 
 def _train_text(doc: Document) -> Iterator[str]:
@@ -223,7 +249,15 @@ def _make_tokenizer(kind: str, vocab_size: int | None, train_docs: list[Document
     if kind == "char":
         return CharTokenizer(tuple(sorted(chars)))
     log(f"training a BPE of {vocab_size} tokens on up to {train_bytes / 1e6:g}M characters of the training text")
-    return train_bpe(_bpe_sample(train_docs, train_bytes), vocab_size)
+    try:
+        return train_bpe(_bpe_sample(train_docs, train_bytes), vocab_size)
+    except UsageError:
+        total = sum(doc.split_at for doc in train_docs)
+        if train_bytes >= total:
+            raise  # the text itself is too short
+        raise UsageError(f"--tokenizer_train_bytes={train_bytes:,} gives the BPE too little text for {vocab_size} "
+                         f"tokens ({train_bytes:,} of the {total:,} training characters); raise it (default "
+                         f"{TOKENIZER_TRAIN_BYTES:,}) or lower --vocab_size") from None
 
 
 # -- writing -------------------------------------------------------------------------------------------------------
@@ -299,17 +333,6 @@ def _batched(items: Iterable, n: int) -> Iterator[tuple]:  # itertools.batched, 
 # -- prepare ---------------------------------------------------------------------------------------------------------
 
 
-def _check_out(out: Path, overwrite: bool) -> None:
-    if out.exists() and not out.is_dir():
-        raise UsageError(f"--out {str(out)!r} is a file; choose a directory")
-    if out.is_dir() and any(out.iterdir()):
-        if not overwrite:
-            raise UsageError(f"--out {str(out)!r} is not empty; choose another directory or pass --overwrite")
-        if not (out / META).is_file():
-            raise UsageError(f"--out {str(out)!r} holds files but no prepared dataset; --overwrite only replaces a "
-                             "prepared dataset, so choose another directory")
-
-
 def _check_args(kind: str, vocab_size: int | None, dtype: str, val_fraction: float | None, has_val: bool,
                 train_bytes: int) -> float:
     """The flags' own checks, before any input is read; returns the val fraction to use (0 with --val)."""
@@ -359,20 +382,40 @@ def prepare(inputs: Sequence[str], out: str | os.PathLike, tokenizer: str = "cha
     `tokenizer_train_bytes` characters of the training parts) or "gpt2". Two passes over the inputs (a check
     and count, then encoding) in bounded memory; the directory appears complete or not at all.
     """
-    out = Path(out).absolute()
     fraction = _check_args(tokenizer, vocab_size, dtype, val_fraction, bool(val_inputs), tokenizer_train_bytes)
-    _check_out(out, overwrite)
-    gpt2 = gpt2_tokenizer() if tokenizer == "gpt2" else None  # before reading: offline, it fails at once
-    train_paths = find_inputs(inputs)
-    val_paths = find_inputs(val_inputs, "--val") if val_inputs else []
-    if both := {p.resolve() for p in train_paths} & {p.resolve() for p in val_paths}:
-        raise UsageError(f"{sorted(both)[0]} is both a training input and a --val input")
-    val_set = set(val_paths)
-    bar_args = {"unit": "B", "unit_scale": True, "file": sys.stderr, "disable": not progress, "dynamic_ncols": True}
+    with Destination(out, overwrite, log) as destination:
+        gpt2 = gpt2_tokenizer() if tokenizer == "gpt2" else None  # before reading: offline, it fails at once
+        train_paths = find_inputs(inputs, owned=destination.owns)
+        val_paths = find_inputs(val_inputs, "--val", owned=destination.owns) if val_inputs else []
+        if both := {p.resolve() for p in train_paths} & {p.resolve() for p in val_paths}:
+            raise UsageError(f"{sorted(both)[0]} is both a training input and a --val input")
+        chars: set[str] | None = set() if tokenizer == "char" else None
+        docs = _documents(train_paths, val_paths, fraction, chars, progress)
+        tok = gpt2 or _make_tokenizer(tokenizer, vocab_size, [d for d in docs if d.split_at], chars or set(),
+                                      tokenizer_train_bytes, log)
+        dtype_name = dtype if dtype != "auto" else "uint16" if tok.vocab_size <= 65536 else "uint32"
+        _check_dtype(tok.vocab_size, dtype_name)
+        try:
+            staging = destination.staging()
+            meta = _write(staging, docs, val_paths, tok, dtype_name, fraction, progress)
+            destination.commit()
+        except OSError as err:
+            where = f" ({err.filename})" if err.filename else ""
+            raise UsageError(f"prepare failed: {err.strerror or err}{where}; nothing was written to {out}") from None
+    return meta
 
-    chars: set[str] | None = set() if tokenizer == "char" else None
-    with tqdm(desc="checking", total=sum(p.stat().st_size for p in train_paths + val_paths), **bar_args) as bar:
+
+def _progress(desc: str, total: int, progress: bool) -> tqdm:
+    return tqdm(desc=desc, total=total, unit="B", unit_scale=True, file=sys.stderr, disable=not progress,
+                dynamic_ncols=True)
+
+
+def _documents(train_paths: list[Path], val_paths: list[Path], fraction: float, chars: set[str] | None,
+               progress: bool) -> list[Document]:
+    """The first pass: every input checked and counted (its characters added to `chars`), with its split."""
+    with _progress("checking", sum(p.stat().st_size for p in train_paths + val_paths), progress) as bar:
         scanned = [_scan(path, chars, bar) for path in train_paths + val_paths]
+    val_set = set(val_paths)
     docs = [dataclasses.replace(doc, split_at=0 if doc.path in val_set else doc.chars if val_set else
                                 int((1 - fraction) * doc.chars)) for doc in scanned]
     train_chars, val_chars = sum(d.split_at for d in docs), sum(d.chars - d.split_at for d in docs)
@@ -381,58 +424,36 @@ def prepare(inputs: Sequence[str], out: str | os.PathLike, tokenizer: str = "cha
     if val_chars == 0:
         raise UsageError("the val split is empty: " + ("the --val inputs hold no text" if val_paths else
                          f"--val_fraction={fraction} of {train_chars} characters leaves none to validate"))
+    return docs
 
-    tok = gpt2 or _make_tokenizer(tokenizer, vocab_size, [d for d in docs if d.split_at], chars or set(),
-                                  tokenizer_train_bytes, log)
-    dtype_name = dtype if dtype != "auto" else "uint16" if tok.vocab_size <= 65536 else "uint32"
-    _check_dtype(tok.vocab_size, dtype_name)
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = out.with_name(f".{out.name}.{secrets.token_hex(4)}.partial")  # hidden: never taken for a dataset
+def _write(staging: Path, docs: list[Document], val_paths: list[Path], tok: Tokenizer, dtype_name: str,
+           fraction: float, progress: bool) -> dict:
+    """The second pass: the documents encoded into `staging`'s token files, then meta.json (last: it marks the
+    directory complete); returns meta.json."""
+    (staging / TOKENIZER).write_text(tok.to_json(), encoding="utf-8")
+    files = {"train": _TokenFile(staging / TRAIN, DTYPES[dtype_name]),
+             "val": _TokenFile(staging / VAL, DTYPES[dtype_name])}
     try:
-        staging.mkdir()
-        (staging / TOKENIZER).write_text(tok.to_json(), encoding="utf-8")
-        files = {"train": _TokenFile(staging / TRAIN, DTYPES[dtype_name]),
-                 "val": _TokenFile(staging / VAL, DTYPES[dtype_name])}
-        try:
-            with tqdm(desc="encoding", total=sum(d.text_bytes for d in docs), **bar_args) as bar:
-                _encode_in_order(tok, _pieces(docs), files, bar, batch=2 * (os.cpu_count() or 1))
-        finally:
-            for file in files.values():
-                file.close()
-        meta = {
-            "format": FORMAT, "tokenizer": tok.kind, "vocab_size": tok.vocab_size, "dtype": dtype_name,
-            "eot_id": tok.eot_id, "train_tokens": files["train"].tokens, "val_tokens": files["val"].tokens,
-            "train_bytes": files["train"].text_bytes, "val_bytes": files["val"].text_bytes, "documents": len(docs),
-            "val_fraction": fraction or None,
-            "inputs": [_input_record(d) for d in docs if d.path not in val_set],
-            **({"val_inputs": [_input_record(d) for d in docs if d.path in val_set]} if val_set else {}),
-            "sha256": {TRAIN: files["train"].sha256.hexdigest(), VAL: files["val"].sha256.hexdigest(),
-                       TOKENIZER: file_sha256(staging / TOKENIZER)},
-            "jaxgpt_version": _version(),
-        }
-        (staging / META).write_text(json.dumps(meta, indent=1) + "\n", encoding="utf-8")  # last: marks it complete
-        _move_into_place(staging, out)
-    except OSError as err:
-        shutil.rmtree(staging, ignore_errors=True)
-        where = f" ({err.filename})" if err.filename else ""
-        raise UsageError(f"prepare failed: {err.strerror or err}{where}; nothing was written to {out}") from None
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
+        with _progress("encoding", sum(d.text_bytes for d in docs), progress) as bar:
+            _encode_in_order(tok, _pieces(docs), files, bar, batch=2 * (os.cpu_count() or 1))
+    finally:
+        for file in files.values():
+            file.close()
+    meta = {
+        "format": FORMAT, "tokenizer": tok.kind, "vocab_size": tok.vocab_size, "dtype": dtype_name,
+        "eot_id": tok.eot_id, "train_tokens": files["train"].tokens, "val_tokens": files["val"].tokens,
+        "train_bytes": files["train"].text_bytes, "val_bytes": files["val"].text_bytes, "documents": len(docs),
+        "val_fraction": fraction or None,
+        "inputs": [_input_record(d) for d in docs if d.path not in val_paths],
+        **({"val_inputs": [_input_record(d) for d in docs if d.path in val_paths]} if val_paths else {}),
+        "sha256": {TRAIN: files["train"].sha256.hexdigest(), VAL: files["val"].sha256.hexdigest(),
+                   TOKENIZER: file_sha256(staging / TOKENIZER)},
+        "jaxgpt_version": _version(),
+    }
+    (staging / META).write_text(json.dumps(meta, indent=1) + "\n", encoding="utf-8")
     return meta
 
 
 def _input_record(doc: Document) -> dict:
     return {"path": str(doc.path), "bytes": doc.bytes, "sha256": doc.sha256}
-
-
-def _move_into_place(staging: Path, out: Path) -> None:
-    """Rename the finished `staging` directory to `out`, replacing an empty or (checked before) prepared one."""
-    if out.is_dir():
-        old = out.with_name(f".{out.name}.{secrets.token_hex(4)}.old")
-        os.replace(out, old)
-        os.replace(staging, out)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(staging, out)

@@ -1,4 +1,6 @@
-"""Stopping a run cleanly on SIGINT (Ctrl-C) or SIGTERM (preemption): finish the step, save, then exit.
+"""Stopping cleanly on SIGINT (Ctrl-C) or SIGTERM (preemption, `timeout`, schedulers). A run finishes the step,
+saves, then exits (`stop_on_signals`); a command with nothing to save stops where it is, its cleanup running as
+for Ctrl-C (`terminate_as_interrupt`).
 
 The signal handler only records the request; the training loop looks at it after each step. A second
 signal stops at once (KeyboardInterrupt) without waiting for the checkpoint. In a multi-process run all
@@ -65,3 +67,22 @@ def stop_on_signals(signums: tuple[int, ...] = (signal.SIGINT, signal.SIGTERM)) 
     finally:
         for signum, old in previous.items():
             signal.signal(signum, old)
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where the program was, as Ctrl-C raises KeyboardInterrupt."""
+
+
+@contextlib.contextmanager
+def terminate_as_interrupt() -> Iterator[None]:
+    """Within the block, SIGTERM raises `Terminated`, so `finally` blocks and context managers clean up as they do
+    for Ctrl-C (Python's default for SIGTERM skips them). For command-line mains only."""
+
+    def handler(signum: int, frame) -> None:
+        raise Terminated
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
