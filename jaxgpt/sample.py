@@ -13,7 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxgpt.cli import ArgumentParser, means_none, run_cli
-from jaxgpt.core.config import GPTConfig, seed_range
+from jaxgpt.core.config import INT32_MAX, GPTConfig, seed_range
 from jaxgpt.core.sampling import Cache, generate
 from jaxgpt.data.tokenizers import Tokenizer, default_prompt
 from jaxgpt.store import checkpoint
@@ -25,7 +25,11 @@ RULE = "-" * 40  # printed between samples
 
 
 def _optional(convert):
-    return lambda raw: None if means_none(raw) else convert(raw)
+    def optional(raw: str):
+        return None if means_none(raw) else convert(raw)
+
+    optional.__name__ = convert.__name__  # argparse names it in errors: "invalid int value: '2.5'"
+    return optional
 
 
 def parse_sample_args(argv: list[str]) -> dict:
@@ -63,6 +67,9 @@ def parse_sample_args(argv: list[str]) -> dict:
         raise UsageError(f"give --out_dir=RUN (a training run) or --init_from=SOURCE (pretrained weights); {given}")
     if args["num_samples"] < 1:
         raise UsageError(f"--num_samples must be >= 1, got {args['num_samples']}")
+    if args["num_samples"] * max(args["max_new_tokens"], 1) > INT32_MAX:
+        raise UsageError(f"--num_samples * --max_new_tokens must be at most {INT32_MAX:,} tokens (2**31 - 1), got "
+                         f"{args['num_samples']:,} * {args['max_new_tokens']:,}")
     if args["prompt"] == "":
         raise UsageError("--prompt must not be empty; leave it out to start from the default (see --help)")
     problem = seed_range(args["seed"])
@@ -91,7 +98,8 @@ def _load(args: dict) -> tuple[GPTConfig, dict, Tokenizer]:
     """(model config, params in --dtype, tokenizer) of --out_dir (a run's latest checkpoint) or --init_from."""
     if args["out_dir"] is not None:
         if not Path(args["out_dir"]).is_dir():
-            raise UsageError(f"--out_dir {args['out_dir']!r} does not exist; pass the out_dir of a training run")
+            what = "is a file" if Path(args["out_dir"]).exists() else "does not exist"
+            raise UsageError(f"--out_dir {args['out_dir']!r} {what}; pass the out_dir of a training run")
         config, params, tokenizer = checkpoint.load(args["out_dir"])
         return config.model, pretrained.cast_params(params, args["dtype"]), tokenizer
     model, params, tokenizer = pretrained.load(args["init_from"], args["dtype"])

@@ -6,6 +6,7 @@ Every comparison is bitwise: a resumed run must be the run that would have happe
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 import re
 import shlex
@@ -31,6 +32,7 @@ from jaxgpt.store import checkpoint, rundir
 from jaxgpt.store.rundir import RunDir
 from jaxgpt.system.errors import JaxgptError, UsageError
 from jaxgpt.system.interrupt import StopRequest
+from jaxgpt.system.logs import quiet_vanishing_checkpoints
 from jaxgpt.train import main as train_main
 
 # `tiny` for 60 steps: evaluations at 0, 20, 40, 60; checkpoints at 15, 30, 45, 60 (the last 3 kept).
@@ -344,3 +346,24 @@ def test_restore_across_device_counts(straight, tmp_path):
     train(dataclasses.replace(straight.config, out_dir=str(dest), resume=True), log=lines.append)
     assert "resuming from step 45" in lines
     assert_same_run(dest, straight)
+
+
+def test_reading_a_step_that_a_run_is_deleting_logs_no_orbax_warnings(straight, tmp_path, caplog):
+    """A reader racing the run's deletion of an old step sees its files vanish; orbax warns ("Metadata file does
+    not exist", "Item ... could not be restored") though the read goes on or is retried by jaxgpt."""
+    run = copy_run(straight, tmp_path / "run")
+    (run / rundir.CHECKPOINTS / "60" / "_CHECKPOINT_METADATA").unlink()  # as orbax's deletion leaves it midway
+    with caplog.at_level("WARNING"):
+        config, params, _ = checkpoint.load(run)
+    assert config == straight.config and not caplog.records, [r.getMessage() for r in caplog.records]
+
+
+def test_only_the_vanishing_file_warnings_are_quieted(caplog):
+    absl = logging.getLogger("absl")
+    with caplog.at_level("WARNING"), quiet_vanishing_checkpoints():
+        absl.warning("Metadata file does not exist: /run/checkpoints/5/_CHECKPOINT_METADATA")
+        absl.warning('Item "opt_state" was found in the checkpoint, but could not be restored. Please provide ...')
+        absl.warning("something else")
+    absl.warning("Metadata file does not exist: outside the read")
+    assert [r.getMessage() for r in caplog.records] == ["something else",
+                                                        "Metadata file does not exist: outside the read"]

@@ -6,6 +6,7 @@ import dataclasses
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -38,6 +39,9 @@ def test_a_config_file_importing_a_moved_module_is_told_where_it_went(tmp_path):
         parse_train_args([f"--config={path}"])
 
 
+HERE = Path(__file__).parent
+
+
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
@@ -58,6 +62,20 @@ def test_a_config_file_importing_a_moved_module_is_told_where_it_went(tmp_path):
          "unknown config 'huge'; choose one of bigram, finetune_shakespeare, lecture, shakespeare_char, small, "
          "speedrun, tiny"),
         (["--config=missing/file.py"], "config file 'missing/file.py' does not exist"),
+        ([f"--config={HERE}/"], r"config '.*tests/' is a directory; give a config name, a .py file or a run's "),
+        (["--grad_accum=99999999999"], r"grad_accum must be at most 2,147,483,647 \(2\*\*31 - 1\), got 99,999,999,999"),
+        (["--grad_accum=100000", "--batch_size=1000"], r"a step of grad_accum \* batch_size \* block_size = "
+                                                       r"3,200,000,000 tokens is more than the 2,147,483,647"),
+        (["--max_iters=3000000000"], r"max_iters must be at most 2,147,483,647"),
+        (["--config=bigram", "--optimizer=muon"], "optimizer='muon' updates the transformer blocks' matrices, and "
+                                                  "model_type='bigram' has none: it would train exactly as adamw"),
+        (["--config=bigram", "--position=rope", "--qk_norm=true"], r"^position, qk_norm do nothing for "
+                                                                   r"model_type='bigram' \(a \(V, V\) table"),
+        (["--config=bigram", "--n_layer=8", "--dropout=0.1"], r"^--dropout, --n_layer would do nothing here "
+                                                              r"\(model_type='bigram' is a table, not a transformer\); "
+                                                              "drop them$"),
+        (["--muon_lr=0.05"], r"^--muon_lr would do nothing here \(optimizer is not muon\); drop it$"),
+        (["--min_lr=1e-5"], r"^--min_lr would do nothing here \(lr_schedule is not cosine\); drop it$"),
     ],
 )
 def test_bad_flags(argv, message):

@@ -17,13 +17,14 @@ from torch_models import layout_config, random_params, torch_model
 
 from jaxgpt.cli import run_cli
 from jaxgpt.convert import main
+from jaxgpt.core.config import GPTConfig
 from jaxgpt.core.losses import cross_entropy
 from jaxgpt.core.model import GPT
 from jaxgpt.core.sampling import generate
 from jaxgpt.data.tokenizers import CharTokenizer
 from jaxgpt.store import checkpoint
 from jaxgpt.system.errors import UsageError
-from jaxgpt.weights.convert import detect_layout, from_torch_state_dict, to_torch_state_dict
+from jaxgpt.weights.convert import detect_layout, from_torch_state_dict, load_torch_checkpoint, to_torch_state_dict
 
 SIZES = {"vocab_size": 13, "block_size": 8, "n_layer": 2, "n_head": 2, "n_embd": 8, "dropout": 0.0}
 VARIANTS = [("lecture", {}), ("nanogpt", {"bias": True}), ("nanogpt", {"bias": False}),
@@ -136,6 +137,23 @@ def test_unknown_layout_and_ambiguous_inputs():
     lecture, _ = perturbed_state_dict("lecture")
     with pytest.raises(UsageError, match="n_head=4 was given but the lecture state_dict has 2 heads"):
         from_torch_state_dict(lecture, n_head=4)
+    headless = {key: value for key, value in lecture.items() if not key.startswith("blocks.0.")}
+    with pytest.raises(UsageError, match=r"the lecture state_dict has no blocks.0.sa.heads.\* keys \(2 blocks found\): "
+                                         "it is not a whole model"):
+        from_torch_state_dict(headless)
+
+
+def test_files_that_are_not_state_dicts_are_one_plain_line(tmp_path):
+    """No advice to unpickle with weights_only=False, no terminal colours."""
+    (tmp_path / "garbage.pt").write_bytes(np.random.default_rng(0).bytes(1000))
+    torch.save(torch.nn.Linear(2, 2), tmp_path / "module.pt")
+    for name, reason in (("garbage.pt", r"not a file torch.save wrote \(\w+"),
+                         ("module.pt", "it holds a pickled torch.nn.modules.linear.Linear, which jaxgpt does not "
+                                       r"unpickle \(it could run code\)")):
+        with pytest.raises(UsageError, match=f"cannot read .*{name} as a PyTorch checkpoint: {reason}") as err:
+            load_torch_checkpoint(tmp_path / name)
+        message = str(err.value)
+        assert "\n" not in message and "\x1b" not in message and "weights_only" not in message
 
 
 def test_to_torch_refuses_what_the_layout_cannot_express():
@@ -145,6 +163,10 @@ def test_to_torch_refuses_what_the_layout_cannot_express():
         to_torch_state_dict(params, config, "lecture")
     with pytest.raises(UsageError, match="layout must be one of lecture, nanogpt, hf"):
         to_torch_state_dict(params, config, "gpt3")
+    bigram = GPTConfig(vocab_size=5, model_type="bigram")
+    with pytest.raises(UsageError, match="^the lecture layout needs model_type='gpt'; the config has "
+                                         "model_type='bigram'$"):
+        to_torch_state_dict({"token_embedding_table": {"embedding": np.zeros((5, 5))}}, bigram, "lecture")
     del params["blocks_1"]["ln2"]
     with pytest.raises(UsageError, match="the params lack blocks_1/ln2/bias"):
         to_torch_state_dict(params, config, "hf")

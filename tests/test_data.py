@@ -15,6 +15,7 @@ from jaxgpt.data import text as data
 from jaxgpt.data.batches import get_batch
 from jaxgpt.data.text import load_dataset, read_text, resolve_data_path, train_val_split
 from jaxgpt.data.tokenizers import CharTokenizer
+from jaxgpt.data.writer import prepare
 from jaxgpt.system.errors import UsageError
 
 
@@ -85,6 +86,19 @@ def test_empty_and_undecodable_files(tmp_path):
     binary.write_bytes(b"abc\xff\xfe")
     with pytest.raises(UsageError, match="not UTF-8.*offset 3"):
         read_text(binary)
+
+
+def test_a_token_file_is_not_trained_on_as_text(tmp_path, small_text_file):
+    """nanoGPT's habit, --data_path=DIR/train.bin: the directory is what to pass; any binary file is not text."""
+    prepare([str(small_text_file)], tmp_path / "data", progress=False, log=lambda _: None)
+    with pytest.raises(UsageError, match=rf"train.bin is a file of the prepared dataset in {tmp_path / 'data'}; "
+                                         rf"train on the dataset: --data_path={tmp_path / 'data'}$"):
+        load_dataset(tmp_path / "data" / "train.bin", 8)
+    loose = tmp_path / "tokens.bin"
+    loose.write_bytes((tmp_path / "data" / "train.bin").read_bytes())
+    with pytest.raises(UsageError, match=r"tokens.bin is not text \(a NUL byte at offset 1\); give a UTF-8 text file, "
+                                         r"or a prepared dataset's directory \(--data_path=DIR\)"):
+        load_dataset(loose, 8)
 
 
 def test_text_is_read_as_the_lecture_reads_it(tmp_path):

@@ -23,8 +23,9 @@ from jaxgpt.data.prepared import open_prepared
 from jaxgpt.data.text import load_dataset
 from jaxgpt.data.tokenizers import CharTokenizer
 from jaxgpt.eval import main
-from jaxgpt.run.evaluate import evaluate
+from jaxgpt.run.evaluate import evaluate, score
 from jaxgpt.run.training import Run
+from jaxgpt.system.errors import JaxgptError
 from jaxgpt.weights.convert import write_run_dir
 
 pytestmark = pytest.mark.usefixtures("gpt2_encoding")  # GPT-2's encoding: the tiny stand-in
@@ -92,7 +93,7 @@ def test_module_prints_loss_perplexity_and_bits_per_byte(char_run, small_text_fi
     (["HF", "--data_path=TEXT"], "python -m jaxgpt.prepare TEXT --tokenizer=gpt2"),
     (["HF", "--block_size=64"], "block_size must be in [1, 32] (the model's context), got 64"),
     (["HF", "--split=test"], "argument --split: invalid choice: 'test'"),
-    (["HF", "--batch_size=0"], "batch_size must be positive, got 0"),
+    (["HF", "--batch_size=0"], "batch_size must be in [1, 2,147,483,647], got 0"),
     (["HF", "--dtype=float16"], "argument --dtype: invalid choice: 'float16'"),
     (["nowhere"], "'nowhere' is not pretrained weights"),
 ])
@@ -105,3 +106,14 @@ def test_mistakes_are_one_line_with_exit_status_2(flags, message, hf, gpt2_data,
     err = capsys.readouterr().err
     assert exit_info.value.code == 2, err
     assert err.count("\n") == 1 and err.startswith("error: ") and message.replace("TEXT", names["TEXT"]) in err, err
+
+
+def test_a_score_that_is_not_finite_is_an_error_not_a_result(small_text_file):
+    tokenizer = CharTokenizer.from_text(small_text_file.read_text(encoding="utf-8"))
+    model = GPTConfig(vocab_size=tokenizer.vocab_size, block_size=16, n_layer=1, n_head=2, n_embd=16, dropout=0.0)
+    params = jax.tree.map(lambda p: p * np.nan, init_params(model, jax.random.key(0)))
+    tokens = np.asarray(tokenizer.encode("First Citizen:\nBefore we proceed"), np.int32)
+    with pytest.raises(JaxgptError, match=r"^the loss over the split is nan: the weights hold non-finite values or "
+                                          r"overflow in this dtype; no score is reported") as err:
+        score(model, params, tokens, tokenizer.token_bytes(), 4, 16)
+    assert err.value.exit_code == 1

@@ -168,10 +168,14 @@ def refused_sources(tmp_path, small_text_file) -> dict[str, str]:
     torch.save(torch_model(layout_config("hf", vocab_size=VOCAB_SIZE, **CHAR_SIZES), "hf").state_dict(), hf_pt)
     save_tiny_gpt2(tmp_path / "relu_gpt2", activation_function="relu")
     (tmp_path / "empty").mkdir()
+    save_tiny_gpt2(tmp_path / "no_weights")
+    for weights in (tmp_path / "no_weights").glob("*.safetensors"):
+        weights.unlink()
     char_pt = lecture_pt(tmp_path / "char.pt", char_vocab(small_text_file))
     convert_checkpoint(char_pt, str(tmp_path / "char_run"), str(small_text_file))
     return {"HF_PT": str(hf_pt), "LECTURE_PT": lecture_pt(tmp_path / "lecture13.pt", 13),
             "RELU": str(tmp_path / "relu_gpt2"), "EMPTY": str(tmp_path / "empty"),
+            "NO_WEIGHTS": str(tmp_path / "no_weights"),
             "CHAR_RUN": str(tmp_path / "char_run")}
 
 
@@ -188,6 +192,8 @@ def refused_sources(tmp_path, small_text_file) -> dict[str, str]:
     (["--init_from=LECTURE_PT", "--data_path=TEXT"], "has a vocabulary of 13 tokens but TEXT holds character tokens"),
     (["--init_from=RELU"], "activation_function='relu', which jaxgpt's GPT does not compute"),
     (["--init_from=EMPTY"], "is not a jaxgpt run directory: config.json is missing"),
+    (["--init_from=NO_WEIGHTS"], "NO_WEIGHTS has a GPT-2 config.json but no weights (model.safetensors or "
+                                 "pytorch_model.bin)"),
 ])
 def test_refused_combinations_are_one_line_with_exit_status_2(flags, message, tmp_path, hf, gpt2_data,
                                                               small_text_file, capsys):

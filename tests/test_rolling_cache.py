@@ -195,14 +195,14 @@ def test_several_layers_give_the_recompute_paths_tokens_within_block_size_then_o
     assert gap[:fits].max() < 1e-4 and gap[fits:].min() > 1e-2, gap
 
 
-@pytest.mark.parametrize(("change", "got"), [
-    ({"position": "learned"}, "model_type='gpt', position='learned'"),
-    ({"model_type": "bigram"}, "model_type='bigram', position='rope'"),
+@pytest.mark.parametrize(("config", "got"), [
+    (dataclasses.replace(ROPE, position="learned"), "model_type='gpt', position='learned'"),
+    (GPTConfig(vocab_size=11, model_type="bigram"), "model_type='bigram', position='learned'"),
 ])
-def test_rolling_is_refused_without_rotary_positions(change, got):
+def test_rolling_is_refused_without_rotary_positions(config, got):
     message = rf"^cache='rolling' needs a GPT with rotary positions \(position='rope'\), got {got}; use "
     with pytest.raises(UsageError, match=message + "cache='recompute', the default$"):  # params=None: not compiled
-        generate(dataclasses.replace(ROPE, **change), None, [[1]], 20, jax.random.key(0), cache="rolling")
+        generate(config, None, [[1]], 20, jax.random.key(0), cache="rolling")
 
 
 @pytest.mark.parametrize("cache", ["ring", None, True])

@@ -99,7 +99,8 @@ def test_a_half_written_metrics_line_is_dropped_on_read(tmp_path, small_text_fil
                                    "--eval_iters=2"))
     assert code == 0, stderr
     assert steps(run) == [0, 20, 40, 60]  # rewritten whole on resume
-    (run / "metrics.jsonl").write_text('{"step": 0}\nnot json\n{"step": 20}\n')
+    record = '{"step": 0, "train_loss": 4.0, "val_loss": 4.1}\n'
+    (run / "metrics.jsonl").write_text(record + "not json\n" + record)
     with pytest.raises(JaxgptError, match="metrics.jsonl line 2 is not a metrics record"):
         RunDir(run).read_metrics()
 

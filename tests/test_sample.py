@@ -218,6 +218,9 @@ def test_recompute_sampler_follows_the_key_rule_for_the_bigram_model():
         assert int(tokens[i + 1]) == int(expected[0])
 
 
+TEMPERATURE = r"temperature must be 0 \(greedy\) or a number in \[0.0001, 10000\] \(beyond, float32 .*, got "
+
+
 @pytest.mark.parametrize(
     ("prompt", "kwargs", "message"),
     [
@@ -229,10 +232,14 @@ def test_recompute_sampler_follows_the_key_rule_for_the_bigram_model():
         ([[1, 2]], {"top_k": 2.5}, "top_k must be an int >= 1 or None, got 2.5"),
         ([[1, 2]], {"top_p": 0.0}, r"top_p must be a number in \(0, 1\] or None, got 0.0"),
         ([[1, 2]], {"top_p": 1.5}, r"top_p must be a number in \(0, 1\] or None, got 1.5"),
-        ([[1, 2]], {"temperature": -0.1}, "temperature must be a number >= 0, got -0.1"),
-        ([[1, 2]], {"temperature": float("nan")}, "temperature must be a number >= 0, got nan"),
-        ([[1, 2]], {"temperature": "1"}, "temperature must be a number >= 0, got '1'"),
-        ([[1, 2]], {"temperature": np.ones(2)}, r"temperature must be a number >= 0, got array\(\[1., 1.\]\)"),
+        ([[1, 2]], {"temperature": -0.1}, TEMPERATURE + "-0.1"),
+        ([[1, 2]], {"temperature": float("nan")}, TEMPERATURE + "nan"),
+        ([[1, 2]], {"temperature": "1"}, TEMPERATURE + "'1'"),
+        ([[1, 2]], {"temperature": np.ones(2)}, TEMPERATURE + r"array\(\[1., 1.\]\)"),
+        ([[1, 2]], {"temperature": float("inf"), "top_k": 3}, TEMPERATURE + "inf"),  # -inf / inf: NaN draws
+        ([[1, 2]], {"temperature": 1e39, "top_p": 0.5}, TEMPERATURE + "1e[+]39"),  # overflows in float32
+        ([[1, 2]], {"temperature": 1e-40}, TEMPERATURE + "1e-40"),  # logits / 1e-40 overflow
+        ([[1, 2]], {"max_new_tokens": 3_000_000_000}, "max_new_tokens must be at most 2,147,483,645 .*, got 3,0"),
         (np.zeros((1, 0), np.int32), {}, r"prompt must be int tokens of shape \(B, T0\) with B, T0 >= 1"),
         ([1, 2], {}, r"prompt must be int tokens of shape \(B, T0\)"),
         ([[1, 11]], {}, r"prompt must be token ids in \[0, 11\), got values in \[1, 11\]"),

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import shutil
 import subprocess
 import sys
 
@@ -120,6 +121,12 @@ def test_default_prompt_works_without_a_newline_in_the_vocabulary(tmp_path, caps
         (["--out_dir=RUN", "--seed=9223372036854775808"], "--seed must be in [0, 2**32), got 9223372036854775808"),
         (["--out_dir=RUN", "--seed=-1"], "--seed must be in [0, 2**32), got -1"),
         (["--out_dir=RUN/missing"], "/missing' does not exist; pass the out_dir of a training run"),
+        (["--out_dir=RUN/config.json"], "/config.json' is a file; pass the out_dir of a training run"),
+        (["--out_dir=RUN", "--top_k=2.5"], "argument --top_k: invalid int value: '2.5'"),
+        (["--out_dir=RUN", "--temperature=inf", "--top_k=3"], "temperature must be 0 (greedy) or a number in "
+                                                               "[0.0001, 10000]"),
+        (["--out_dir=RUN", "--max_new_tokens=3000000000"], "--num_samples * --max_new_tokens must be at most "
+                                                            "2,147,483,647 tokens (2**31 - 1), got 3 * 3,000,000,000"),
         (["--out_dir=RUN", "--cache=ring"], "argument --cache: invalid choice: 'ring' (choose from"),
         (["--out_dir=RUN", "--cache=rolling"], "cache='rolling' needs a GPT with rotary positions (position='rope'), "
                                                "got model_type='gpt', position='learned'; use cache='recompute'"),
@@ -139,6 +146,21 @@ def test_a_directory_that_is_not_a_run_is_one_line(tmp_path, capsys):
         run_cli(main, [f"--out_dir={tmp_path}"])
     err = capsys.readouterr().err
     assert exit_info.value.code == 2 and err.count("\n") == 1 and str(tmp_path) in err
+
+
+def test_a_run_without_a_checkpoint_yet_says_so(run_dir, tmp_path, capsys):
+    """A run that has just started: its directory holds config and tokenizer, no checkpoint yet."""
+    young = tmp_path / "young"
+    young.mkdir()
+    for name in ("config.json", "tokenizer.json"):
+        shutil.copy(run_dir / name, young / name)
+    (young / "checkpoints").mkdir()
+    with pytest.raises(SystemExit) as exit_info:
+        run_cli(main, [f"--out_dir={young}"])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2
+    assert err == (f"error: {young} has no checkpoint yet: its run has not saved one (the first comes after "
+                   "checkpoint_interval steps); try again then\n")
 
 
 def test_module_runs_from_the_command_line(run_dir):

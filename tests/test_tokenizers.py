@@ -19,6 +19,7 @@ from jaxgpt.data.tokenizers import (
     EOT,
     BPETokenizer,
     TiktokenTokenizer,
+    describe,
     gpt2_tokenizer,
     load_tokenizer,
     tokenizer_from_json,
@@ -180,3 +181,13 @@ def test_checkpoint_load_counts_tokens_when_the_vocab_differs(bpe, tmp_path):
     RunDir(tmp_path / "run").write_tokenizer(CharTokenizer.from_text("abc"))
     with pytest.raises(UsageError, match="tokenizer.json has 3 tokens but the model expects vocab_size 512"):
         checkpoint.load(tmp_path / "run")
+
+
+def test_two_tokenizers_that_read_alike_are_told_apart(shakespeare_text):
+    """"a BPE of 300 tokens but ... a BPE of 300 tokens" names no difference: their fingerprints do."""
+    first, second = train_bpe([shakespeare_text[:50_000]], 300), train_bpe([shakespeare_text[50_000:100_000]], 300)
+    assert describe(first) == describe(second) == "a BPE of 300 tokens"
+    assert describe(first, second) == f"a BPE of 300 tokens (fingerprint {first.fingerprint()[:8]})"
+    assert describe(second, first) == f"a BPE of 300 tokens (fingerprint {second.fingerprint()[:8]})"
+    assert describe(first, first) == "a BPE of 300 tokens"
+    assert describe(CharTokenizer(tuple("ab")), CharTokenizer(tuple("xy"))).startswith("character tokens (2) (")

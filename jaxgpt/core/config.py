@@ -57,6 +57,9 @@ def seed_range(value: int) -> str | None:
     return None if 0 <= value < 2**32 else "must be in [0, 2**32)"
 
 
+INT32_MAX = 2**31 - 1  # counts and sizes reach the compiled programs as int32
+
+
 def option(default: Any, help: str, rule: Rule | None = None, *, flag: bool = True) -> Any:
     """A config field: its default, its one-line description and its rule (`flag=False`: set by jaxgpt, no flag)."""
     return dataclasses.field(default=default, metadata={"help": help, "rule": rule, "cmd": flag})
@@ -89,6 +92,8 @@ def check_fields(config: Any) -> None:
         problem = rule(value) if rule else None
         if problem:
             raise UsageError(f"{name} {problem}, got {value}")
+        if tp is int and rule is not seed_range and value > INT32_MAX:
+            raise UsageError(f"{name} must be at most {INT32_MAX:,} (2**31 - 1), got {value:,}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -135,6 +140,11 @@ class GPTConfig:
                           key=lambda d: (abs(d - self.n_head), d))
             raise UsageError(f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head}); "
                              f"try n_head={divisor}")
+        if self.model_type == "bigram" and (changed := [name for name in TRANSFORMER_OPTIONS if
+                                                       getattr(self, name) != _DEFAULTS[name]]):
+            raise UsageError(f"{', '.join(changed)} {'does' if len(changed) == 1 else 'do'} nothing for "
+                             "model_type='bigram' (a (V, V) table of next-token logits); leave "
+                             f"{'it' if len(changed) == 1 else 'them'} at the default or use model_type='gpt'")
         if self.position == "rope" and self.head_size % 2:
             raise UsageError(f"position='rope' rotates pairs of head dimensions: the head size n_embd / n_head must "
                              f"be even, got {self.n_embd} / {self.n_head} = {self.head_size}")
@@ -149,6 +159,21 @@ class GPTConfig:
         dtype = ("float32" if backend == "cpu" else "bfloat16") if self.dtype == "auto" else self.dtype
         kernel = ("cpu" if backend == "cpu" else "xla") if self.dense_kernel == "auto" else self.dense_kernel
         return dataclasses.replace(self, dtype=dtype, dense_kernel=kernel)
+
+
+_DEFAULTS = {field.name: field.default for field in dataclasses.fields(GPTConfig)}
+# The transformer's switches, which the bigram model (a table) has no use for: they must keep their defaults.
+TRANSFORMER_OPTIONS = ("activation", "tie_embeddings", "bias", "qkv_bias", "lm_head_bias", "layer_norm_eps",
+                       "position", "rope_theta", "norm", "qk_norm", "zero_init_proj", "logit_softcap", "attention")
+# What else the bigram model does not use: sizes a config file may state (configs/bigram.py), refused as flags.
+TRANSFORMER_SIZES = ("n_layer", "n_head", "n_embd", "dropout", "dtype", "dense_kernel")
+
+
+def sizes_unused_by(model: GPTConfig) -> tuple[frozenset[str], str]:
+    """The fields of `model` that its kind of model does not use (refused as flags), and why."""
+    if model.model_type == "bigram":
+        return frozenset(TRANSFORMER_SIZES), "model_type='bigram' is a table, not a transformer"
+    return frozenset(), ""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -216,6 +241,12 @@ class TrainConfig:
         check_fields(self)
         if self.resume and self.overwrite:
             raise UsageError("--resume continues the run in out_dir and --overwrite replaces it; choose one")
+        if (tokens := self.grad_accum * self.batch_size * self.block_size) > INT32_MAX:
+            raise UsageError(f"a step of grad_accum * batch_size * block_size = {tokens:,} tokens is more than the "
+                             f"{INT32_MAX:,} (2**31 - 1) a step can index; lower --grad_accum or --batch_size")
+        if self.optimizer == "muon" and self.model.model_type == "bigram":
+            raise UsageError("optimizer='muon' updates the transformer blocks' matrices, and model_type='bigram' has "
+                             "none: it would train exactly as adamw; use optimizer='adamw'")
 
     @property
     def block_size(self) -> int:
@@ -303,6 +334,9 @@ def available_configs() -> list[str]:
 
 def load_config(name_or_path: str) -> TrainConfig:
     """A config by name (`small`, from `configs/`), by path (`path/to/file.py`) or a run's `config.json`."""
+    if Path(name_or_path).is_dir():
+        raise UsageError(f"config {name_or_path!r} is a directory; give a config name, a .py file or a "
+                         "run's config.json")
     if name_or_path.endswith(".json"):
         if not Path(name_or_path).is_file():
             raise UsageError(f"config file {name_or_path!r} does not exist")

@@ -32,6 +32,10 @@ from jaxgpt.system.errors import UsageError
 KV_CACHE_GROWTH = 4  # the most sizes
 KV_CACHE_MIN_STEP = 64  # the fewest positions per step
 Cache = Literal["recompute", "rolling"]  # what `generate` does beyond block_size (module docstring)
+# Temperatures other than 0 are kept where float32 logits / temperature stays finite: nearer 0 it overflows, and
+# beyond the top the division by an infinite float32 turns filtered-out logits (-inf) into NaN.
+MIN_TEMPERATURE, MAX_TEMPERATURE = 1e-4, 1e4
+MAX_POSITIONS = 2**31 - 1  # token positions are int32
 
 
 class Sampling(NamedTuple):
@@ -85,12 +89,16 @@ def check_generate_args(prompt, max_new_tokens: int, key: jax.Array, vocab_size:
         raise UsageError(f"prompt must be int tokens of shape (B, T0) with B, T0 >= 1, got shape {prompt.shape}")
     if not _is_int(max_new_tokens) or max_new_tokens < 0:
         raise UsageError(f"max_new_tokens must be an int >= 0, got {max_new_tokens!r}")
+    if prompt.shape[1] + max_new_tokens > MAX_POSITIONS:
+        raise UsageError(f"max_new_tokens must be at most {MAX_POSITIONS - prompt.shape[1]:,} (with the prompt's "
+                         f"{prompt.shape[1]} tokens, positions are int32), got {max_new_tokens:,}")
     typed_key = isinstance(key, jax.Array) and jnp.issubdtype(key.dtype, jax.dtypes.prng_key) and key.shape == ()
     raw_key = isinstance(key, jax.Array) and key.dtype == jnp.uint32 and key.shape == (2,)
     if not (typed_key or raw_key):
         raise UsageError(f"key must be one PRNG key such as jax.random.key(0), got {key!r}")
-    if not _is_real(temperature) or not temperature >= 0:  # also rejects NaN
-        raise UsageError(f"temperature must be a number >= 0, got {temperature!r}")
+    if not _is_real(temperature) or not (temperature == 0 or MIN_TEMPERATURE <= temperature <= MAX_TEMPERATURE):
+        raise UsageError(f"temperature must be 0 (greedy) or a number in [{MIN_TEMPERATURE:g}, {MAX_TEMPERATURE:g}] "
+                         f"(beyond, float32 logits / temperature overflow), got {temperature!r}")
     if top_k is not None and (not _is_int(top_k) or top_k < 1):
         raise UsageError(f"top_k must be an int >= 1 or None, got {top_k!r}")
     if top_p is not None and (not _is_real(top_p) or not 0.0 < top_p <= 1.0):

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import platformdirs
 
-from jaxgpt.data.prepared import open_prepared
+from jaxgpt.data.prepared import META, open_prepared
 from jaxgpt.data.tokenizers import CharTokenizer, Tokenizer
 from jaxgpt.system.errors import UsageError
 
@@ -71,8 +71,11 @@ def download_shakespeare(dest: Path, url: str = SHAKESPEARE_URL) -> None:
 
 def read_text(path: str | os.PathLike) -> str:
     """Read a UTF-8 text file as the lecture does (Python's text mode: \\r\\n and \\r become \\n), without a
-    leading byte-order mark; empty or undecodable files are usage errors."""
+    leading byte-order mark; empty, undecodable or binary (NUL bytes: token files) files are usage errors."""
     raw = Path(path).read_bytes()
+    if (nul := raw.find(b"\0")) >= 0:
+        raise UsageError(f"{path} is not text (a NUL byte at offset {nul:,}); give a UTF-8 text file, or a prepared "
+                         "dataset's directory (--data_path=DIR)")
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as err:
@@ -132,6 +135,9 @@ def load_dataset(data_path: str | os.PathLike | None, block_size: int) -> Datase
     """A text file read, tokenized by characters and split (kept on the devices for training), or a dataset
     prepared by `python -m jaxgpt.prepare`, checked against its meta.json and memory-mapped."""
     path = resolve_data_path(data_path)
+    if path.is_file() and (path.parent / META).is_file():
+        raise UsageError(f"{path} is a file of the prepared dataset in {path.parent}; train on the dataset: "
+                         f"--data_path={path.parent}")
     if path.is_dir():
         prepared = open_prepared(path)
         check_split_lengths(prepared.train, prepared.val, block_size)

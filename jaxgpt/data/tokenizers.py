@@ -254,13 +254,18 @@ def gpt2_tokenizer() -> TiktokenTokenizer:
 KINDS: dict[str, type] = {"char": CharTokenizer, "bpe": BPETokenizer, "tiktoken": TiktokenTokenizer}
 
 
-def describe(tokenizer: Tokenizer) -> str:
-    """A tokenizer in a few words, for messages: "character tokens (65)", "a BPE of 512 tokens"."""
+def describe(tokenizer: Tokenizer, unlike: Tokenizer | None = None) -> str:
+    """A tokenizer in a few words, for messages: "character tokens (65)", "a BPE of 512 tokens". Where `unlike` is
+    another tokenizer those words would also describe, the start of its file's sha256 tells them apart."""
     if tokenizer.kind == "tiktoken":
-        return f"GPT-2's encoding ({tokenizer.vocab_size} tokens)"
-    if tokenizer.kind == "bpe":
-        return f"a BPE of {tokenizer.vocab_size} tokens"
-    return f"character tokens ({tokenizer.vocab_size})"
+        words = f"GPT-2's encoding ({tokenizer.vocab_size} tokens)"
+    elif tokenizer.kind == "bpe":
+        words = f"a BPE of {tokenizer.vocab_size} tokens"
+    else:
+        words = f"character tokens ({tokenizer.vocab_size})"
+    if unlike is not None and describe(unlike) == words and unlike.fingerprint() != tokenizer.fingerprint():
+        words += f" (fingerprint {tokenizer.fingerprint()[:8]})"
+    return words
 
 
 def tokenizer_from_json(text: str) -> Tokenizer:

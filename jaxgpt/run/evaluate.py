@@ -13,13 +13,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxgpt.core.config import GPTConfig
+from jaxgpt.core.config import INT32_MAX, GPTConfig
 from jaxgpt.core.losses import loss_and_bpb, make_split_sums
 from jaxgpt.core.model import build_model
 from jaxgpt.data.batches import consecutive_windows
 from jaxgpt.data.text import load_dataset
 from jaxgpt.system import sharding
-from jaxgpt.system.errors import UsageError
+from jaxgpt.system.errors import JaxgptError, UsageError
 from jaxgpt.weights import pretrained
 
 Split = Literal["train", "val"]
@@ -74,6 +74,9 @@ def score(config: GPTConfig, params, tokens: np.ndarray, token_bytes: np.ndarray
     sums_of_batches = make_split_sums(build_model(config), placement)
     loss, bpb = whole_split_loss(sums_of_batches, params, tokens, batch_size, block_size,
                                  placement.replicate(token_bytes), placement.replicate)
+    if not math.isfinite(loss):
+        raise JaxgptError(f"the loss over the split is {loss}: the weights hold non-finite values or overflow in "
+                          "this dtype; no score is reported (try --dtype=float32, or other weights)")
     return Score(loss, math.exp(loss), bpb, len(tokens) - 1, -(-(len(tokens) - 1) // block_size), block_size)
 
 
@@ -85,8 +88,8 @@ def evaluate(source: str, data_path: str | os.PathLike | None = None, split: Spl
     `pretrained.for_inference`)."""
     if split not in ("train", "val"):
         raise UsageError(f"split must be train or val, got {split!r}")
-    if batch_size < 1:
-        raise UsageError(f"batch_size must be positive, got {batch_size}")
+    if not 1 <= batch_size <= INT32_MAX:
+        raise UsageError(f"batch_size must be in [1, {INT32_MAX:,}], got {batch_size:,}")
     config, params, tokenizer = pretrained.load(source, dtype)
     config = pretrained.for_inference(config, dtype)
     block_size = config.block_size if block_size is None else block_size

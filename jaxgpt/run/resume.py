@@ -14,8 +14,8 @@ def check_tokenizer_unchanged(run_dir: RunDir, tokenizer: Tokenizer, data: str) 
     """A resumed run reads tokens of the tokenizer it was trained with (a clearer error than the data's sha256)."""
     saved = run_dir.read_tokenizer()
     if saved.fingerprint() != tokenizer.fingerprint():
-        raise UsageError(f"cannot resume {run_dir}: it was trained on {describe(saved)}, but {data} holds "
-                         f"{describe(tokenizer)}; resume with the data the run was trained on, or start a new "
+        raise UsageError(f"cannot resume {run_dir}: it was trained on {describe(saved, tokenizer)}, but {data} holds "
+                         f"{describe(tokenizer, saved)}; resume with the data the run was trained on, or start a new "
                          "--out_dir")
 
 

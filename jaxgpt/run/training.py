@@ -71,8 +71,8 @@ def train(config: TrainConfig, log: Callable[[str], None] = print, stop: StopReq
     """
     with Run(config, log) as run:  # weights, data, mesh, run directory, state, checkpoints (resumed)
         interrupted = run.fit(stop)  # the loop
-        if not interrupted and run.is_main and write_loss_plot(run.run_dir) is None:
-            run.log("matplotlib is not installed: no loss plot (pip install 'jaxgpt[plot]')")
+        if not interrupted and run.is_main and (no_plot := write_loss_plot(run.run_dir)):
+            run.log(no_plot)
     if not interrupted and config.sample_chars:
         run.log(run.sample_text(config.sample_chars))
     return TrainResult(run.state, run.dataset, run.config, run.history, interrupted)

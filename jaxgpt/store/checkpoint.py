@@ -27,6 +27,7 @@ from jaxgpt.data.tokenizers import Tokenizer
 from jaxgpt.store.rundir import RunDir
 from jaxgpt.system import sharding
 from jaxgpt.system.errors import JaxgptError, UsageError
+from jaxgpt.system.logs import quiet_vanishing_checkpoints
 
 
 def _manager(directory: Path, keep: int | None) -> ocp.CheckpointManager:
@@ -268,7 +269,8 @@ def _load_checkpoint_params(run_dir: RunDir, step: int | Literal["best"] | None)
     checkpoints are listed again."""
     for _ in range(READ_ATTEMPTS):
         try:
-            return _read_checkpoint_params(run_dir, step)
+            with quiet_vanishing_checkpoints():
+                return _read_checkpoint_params(run_dir, step)
         except _Vanished:
             continue
     raise JaxgptError(f"the checkpoints in {run_dir} were replaced {READ_ATTEMPTS} times while being read; "
@@ -297,9 +299,13 @@ def _read_checkpoint_params(run_dir: RunDir, step: int | Literal["best"] | None)
             candidates = [(best, s) for s in steps[best]]
         else:
             candidates = [(m, s) for m in (latest, best) for s in steps[m] if s == step]
+        available = sorted(set(steps[latest]) | set(steps[best]))
+        if not available:
+            raise UsageError(f"{run_dir} has no checkpoint yet: its run has not saved one (the first comes after "
+                             "checkpoint_interval steps); try again then")
         if not candidates:
-            available = ", ".join(map(str, sorted(set(steps[latest]) | set(steps[best])))) or "none"
-            raise UsageError(f"no checkpoint for step={step!r} in {run_dir}; steps available: {available}")
+            raise UsageError(f"no checkpoint for step={step!r} in {run_dir}; steps available: "
+                             f"{', '.join(map(str, available))}")
         failures = []
         for manager, candidate in candidates:
             try:

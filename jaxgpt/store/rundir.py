@@ -206,13 +206,17 @@ class RunDir:
         records = []
         for number, line in enumerate(lines, start=1):
             try:
-                records.append(json.loads(line))
+                record = json.loads(line)
             except ValueError:
-                if number < len(lines):
-                    raise JaxgptError(f"{self.metrics_file} line {number} is not a metrics record; the file is "
-                                      "damaged (resume the run to rewrite it from its checkpoints)") from None
-                print(f"warning: ignoring the last line of {self.metrics_file}, cut short by a crash while it was "
-                      "written", file=sys.stderr)
+                if number == len(lines):
+                    print(f"warning: ignoring the last line of {self.metrics_file}, cut short by a crash while it "
+                          "was written", file=sys.stderr)
+                    continue
+                record = None
+            if not _is_metrics_record(record):
+                raise JaxgptError(f"{self.metrics_file} line {number} is not a metrics record; the file is "
+                                  "damaged (resume the run to rewrite it from its checkpoints)")
+            records.append(record)
         return records
 
     def write_metrics(self, records: list[dict]) -> None:
@@ -236,3 +240,9 @@ def _write_atomically(path: Path, text: str) -> None:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(text, encoding="utf-8")
     os.replace(tmp, path)
+
+
+def _is_metrics_record(value: object) -> bool:
+    """Whether `value` is an evaluation record: a JSON object with an int step and the two losses."""
+    return (isinstance(value, dict) and type(value.get("step")) is int
+            and all(type(value.get(key)) in (int, float) for key in ("train_loss", "val_loss")))

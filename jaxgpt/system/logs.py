@@ -1,10 +1,13 @@
-"""Quieting orbax's repeated reports of one failed checkpoint read or write: jaxgpt reports each failure once."""
+"""Quieting orbax's repeated reports of one failed checkpoint read or write (jaxgpt reports each failure once), and
+its warnings about files that a running training deletes while another process reads them (jaxgpt retries)."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import sys
 import warnings
+from collections.abc import Iterator
 
 _READ_FAILURE_MARKS = ("Event loop is closed", "_read_array_index", "Encountered error while reading array index")
 
@@ -44,3 +47,25 @@ def quiet_checkpoint_failures() -> None:
         logging.getLogger(name).addFilter(_OrbaxFailureLogFilter())
     for coroutine in ("_read_array_index", "async_serialize_from_host"):  # an abandoned read; a failed write
         warnings.filterwarnings("ignore", message=f"coroutine '{coroutine}", category=RuntimeWarning)
+
+
+# What orbax says when a checkpoint step is deleted (a newer one replaced it) while it is being read.
+_VANISHING_MARKS = ("Metadata file does not exist", "was found in the checkpoint, but could not be restored")
+
+
+class _VanishingFileFilter(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not any(mark in record.getMessage() for mark in _VANISHING_MARKS)
+
+
+@contextlib.contextmanager
+def quiet_vanishing_checkpoints() -> Iterator[None]:
+    """Within the block, drop orbax's warnings about checkpoint files that disappear while read: reading a run
+    that is still training races with its deletion of old steps, and the reader (jaxgpt.store.checkpoint) tries
+    again with the newer step; a read that fails for good is reported by jaxgpt."""
+    log_filter = _VanishingFileFilter()
+    logging.getLogger("absl").addFilter(log_filter)
+    try:
+        yield
+    finally:
+        logging.getLogger("absl").removeFilter(log_filter)

@@ -200,6 +200,9 @@ def infer_config(state_dict: Mapping[str, Any], n_head: int | None = None, dropo
         wte, wpe = "token_embedding_table.weight", "position_embedding_table.weight"
         n_layer = _count_indexed(keys, r"blocks\.(\d+)\.")
         heads = _count_indexed(keys, r"blocks\.0\.sa\.heads\.(\d+)\.")
+        if not heads:
+            raise UsageError(f"the lecture state_dict has no blocks.0.sa.heads.* keys ({n_layer} blocks found): it "
+                             "is not a whole model; save it with torch.save(model.state_dict(), path)")
         if n_head is not None and n_head != heads:
             raise UsageError(f"n_head={n_head} was given but the lecture state_dict has {heads} heads per block")
         n_head, fields = heads, LAYOUT_FIELDS[layout]
@@ -267,7 +270,7 @@ def from_torch_state_dict(state_dict: Mapping[str, Any], *, n_head: int | None =
 
 
 def _check_layout_fields(config: GPTConfig, layout: Layout) -> None:
-    required = dict(LAYOUT_FIELDS[layout])
+    required = {"model_type": "gpt", **LAYOUT_FIELDS[layout]}  # the layouts are the transformer's, not the bigram's
     if layout == "nanogpt":
         required["qkv_bias"] = config.bias
     wrong = [name for name, value in required.items() if getattr(config, name) != value]
@@ -319,9 +322,8 @@ def load_torch_checkpoint(path: str | os.PathLike) -> tuple[dict, dict[str, Any]
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # unpickling, zip and weights-only errors alike: not a plain checkpoint
-        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise UsageError(f"cannot read {path} as a PyTorch checkpoint ({reason}); "
-                         "save it with torch.save(model.state_dict(), path)") from None
+        raise UsageError(f"cannot read {path} as a PyTorch checkpoint: {_load_failure(err)}; save the model with "
+                         "torch.save(model.state_dict(), path)") from None
     if isinstance(obj, Mapping) and isinstance(obj.get("model"), Mapping):  # nanoGPT's ckpt.pt
         model_args = obj.get("model_args") or {}
         return dict(obj["model"]), {key: model_args[key] for key in ("n_head", "dropout") if key in model_args}
@@ -329,6 +331,17 @@ def load_torch_checkpoint(path: str | os.PathLike) -> tuple[dict, dict[str, Any]
         return dict(obj), {}
     raise UsageError(f"{path} holds a {type(obj).__name__}, not a state_dict; "
                      "save it with torch.save(model.state_dict(), path)")
+
+
+def _load_failure(err: Exception) -> str:
+    """What torch.load's error says about the file, in a few words: not its advice to unpickle code
+    (weights_only=False), nor its terminal colours."""
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(err))
+    if found := re.search(r"Unsupported global: GLOBAL ([\w.]+)", text):
+        return f"it holds a pickled {found.group(1)}, which jaxgpt does not unpickle (it could run code)"
+    detail = re.search(r"WeightsUnpickler error: ([^\n]*)", text)  # below the advice, what went wrong
+    first = detail.group(1) if detail else text.strip().splitlines()[0] if text.strip() else ""
+    return f"not a file torch.save wrote ({type(err).__name__}{': ' + first if first else ''})"
 
 
 def read_tokenizer(path: str | None) -> tuple[Tokenizer, Path | None]:

@@ -146,6 +146,14 @@ def _gpt2_encoding_for(config: GPTConfig, source: str) -> Tokenizer:
     return tokenizer
 
 
+def _has_hf_config(directory: Path) -> bool:
+    """Whether `directory` holds a Hugging Face config.json (it names a model_type; a jaxgpt run's does not)."""
+    try:
+        return "model_type" in json.loads((directory / _hub_constants().CONFIG_NAME).read_text(encoding="utf-8"))
+    except (OSError, ValueError, TypeError):
+        return False
+
+
 def load(source: str, dtype: str = "float32") -> tuple[GPTConfig, dict, Tokenizer | None]:
     """(model config, params, tokenizer) of pretrained weights. `source` is one of `HUB_MODELS` (the hub's
     safetensors, cached), a jaxgpt run directory (its latest usable checkpoint) or converted directory (its params),
@@ -160,7 +168,7 @@ def load(source: str, dtype: str = "float32") -> tuple[GPTConfig, dict, Tokenize
     path = Path(source).expanduser()
     if path.is_dir():
         run = RunDir(path)
-        if not (run.has_checkpoints() or run.has_params()) and _hf_weight_files(path):
+        if not (run.has_checkpoints() or run.has_params()) and (_hf_weight_files(path) or _has_hf_config(path)):
             config, params = read_save_pretrained(path, dtype)
             return config, params, _gpt2_encoding_for(config, source)
         train_config, params, tokenizer = checkpoint.load(path)  # says what is missing if it is not a run either
@@ -213,8 +221,8 @@ def check_data_tokenizer(source: str, weights_tokenizer: Tokenizer | None, vocab
                "then pass --data_path=DATA_DIR")
     else:
         fix = "use data tokenized with the weights' tokenizer (for a character model, the text it was trained on)"
-    raise UsageError(f"{source} uses {describe(weights_tokenizer)} but {data} holds "
-                     f"{describe(data_tokenizer)}; {fix}")
+    raise UsageError(f"{source} uses {describe(weights_tokenizer, data_tokenizer)} but {data} holds "
+                     f"{describe(data_tokenizer, weights_tokenizer)}; {fix}")
 
 
 DTYPES: dict[str, Any] = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}  # the weights' dtypes for inference
