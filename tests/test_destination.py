@@ -223,3 +223,45 @@ def test_what_prepare_writes_is_never_an_input(tmp_path):
         assert destination.owns(tmp_path / "corpus" / ".data.0123abcd.partial" / "val.bin")
         assert not destination.owns(tmp_path / "corpus" / "data2" / "a.txt")
         assert not destination.owns(tmp_path / "corpus" / ".data.notes")
+
+
+def test_a_kill_9_between_the_renames_of_an_overwrite_is_rolled_back_by_the_next_prepare(tmp_path, small_text_file):
+    """A real SIGKILL right after the old dataset was moved aside, before the new one is moved in."""
+    out = tmp_path / "data"
+    old_meta = quiet([str(small_text_file)], out)
+    killer = ("import os, signal, sys\n"
+              "rename = os.rename\n"
+              "def rename_then_die(source, target):\n"
+              "    rename(source, target)\n"
+              "    if str(target).endswith('.old'):\n"
+              "        os.kill(os.getpid(), signal.SIGKILL)\n"
+              "os.rename = rename_then_die\n"
+              "from jaxgpt.prepare import main\n"
+              "main(sys.argv[1:])\n")
+    killed = subprocess.run([sys.executable, "-c", killer, str(small_text_file), f"--out={out}", "--overwrite",
+                             "--dtype=uint32", "--quiet"], capture_output=True, text=True, timeout=120)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    left = listing(tmp_path)
+    assert "data" not in left and any(name.endswith(".old") for name in left), left  # the dataset only in hiding
+    again = subprocess.run([sys.executable, "-m", "jaxgpt.prepare", str(small_text_file), f"--out={out}",
+                            "--overwrite", "--dtype=uint32"], capture_output=True, text=True, timeout=120)
+    assert again.returncode == 0, again.stderr
+    assert f"an earlier prepare was stopped while it replaced {out}: put the previous dataset back" in again.stderr
+    assert open_prepared(out).meta["dtype"] == "uint32" != old_meta["dtype"]
+    assert listing(tmp_path) == ["data", "small.txt"]
+
+
+def test_an_input_appended_to_between_the_passes_is_refused(tmp_path, big_text):
+    """The second pass (encoding) reads more than the first counted: refused, nothing written."""
+    process = start_prepare(big_text, tmp_path / "data")
+    wait_for(lambda: next(tmp_path.glob(".data.*.partial"), None), process)  # the first pass is over
+    process.send_signal(signal.SIGSTOP)
+    size = big_text.stat().st_size
+    with open(big_text, "a", encoding="utf-8") as f:
+        f.write("x" * 1_000_000 + "\n")
+    process.send_signal(signal.SIGCONT)
+    _, stderr = process.communicate(timeout=300)
+    assert process.returncode == 2
+    assert stderr == (f"error: {big_text} changed while prepare read it ({size:,} bytes, then {size + 1_000_001:,}); "
+                      "prepare it again once nothing writes to it\n")
+    assert listing(tmp_path) == ["big.txt"]
