@@ -53,7 +53,8 @@ def wait_for(found, process: subprocess.Popen, timeout: float = 120) -> Path:
 
 def test_a_second_prepare_into_the_same_out_is_refused_and_the_first_finishes(tmp_path, big_text):
     first = start_prepare(big_text, tmp_path / "data")
-    wait_for(lambda: (tmp_path / ".data.lock").exists(), first)
+    lock = tmp_path / ".data.lock"  # its pid is written once the flock is held (the file alone comes first)
+    wait_for(lambda: lock.exists() and lock.read_text() == f"{first.pid}\n", first)
     first.send_signal(signal.SIGSTOP)  # held in the middle of its work while the second one starts
     try:
         second = subprocess.run([sys.executable, "-m", "jaxgpt.prepare", str(big_text), f"--out={tmp_path / 'data'}",
