@@ -22,7 +22,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jaxgpt.core.config import GPTConfig
+from jaxgpt.core.config import INT32_MAX, GPTConfig
 from jaxgpt.core.model import Decode, build_model, check_tokens, has_rolling_cache
 from jaxgpt.system.errors import UsageError
 
@@ -35,7 +35,6 @@ Cache = Literal["recompute", "rolling"]  # what `generate` does beyond block_siz
 # Temperatures other than 0 are kept where float32 logits / temperature stays finite: nearer 0 it overflows, and
 # beyond the top the division by an infinite float32 turns filtered-out logits (-inf) into NaN.
 MIN_TEMPERATURE, MAX_TEMPERATURE = 1e-4, 1e4
-MAX_POSITIONS = 2**31 - 1  # token positions are int32
 
 
 class Sampling(NamedTuple):
@@ -89,8 +88,8 @@ def check_generate_args(prompt, max_new_tokens: int, key: jax.Array, vocab_size:
         raise UsageError(f"prompt must be int tokens of shape (B, T0) with B, T0 >= 1, got shape {prompt.shape}")
     if not _is_int(max_new_tokens) or max_new_tokens < 0:
         raise UsageError(f"max_new_tokens must be an int >= 0, got {max_new_tokens!r}")
-    if prompt.shape[1] + max_new_tokens > MAX_POSITIONS:
-        raise UsageError(f"max_new_tokens must be at most {MAX_POSITIONS - prompt.shape[1]:,} (with the prompt's "
+    if prompt.shape[1] + max_new_tokens > INT32_MAX:
+        raise UsageError(f"max_new_tokens must be at most {INT32_MAX - prompt.shape[1]:,} (with the prompt's "
                          f"{prompt.shape[1]} tokens, positions are int32), got {max_new_tokens:,}")
     typed_key = isinstance(key, jax.Array) and jnp.issubdtype(key.dtype, jax.dtypes.prng_key) and key.shape == ()
     raw_key = isinstance(key, jax.Array) and key.dtype == jnp.uint32 and key.shape == (2,)

@@ -16,13 +16,12 @@ def plot_runs(run_dirs: list[str | os.PathLike], output: str | os.PathLike, metr
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.backend_bases import FigureCanvasBase
 
     output = Path(output)
     if output.is_dir():
         raise UsageError(f"--output {str(output)!r} is a directory; give a file in it, such as {output / PLOT}")
-    formats = plt.figure().canvas.get_supported_filetypes()
-    plt.close("all")
-    if output.suffix.lstrip(".").lower() not in formats:
+    if output.suffix.lstrip(".").lower() not in FigureCanvasBase.get_supported_filetypes():
         raise UsageError(f"--output {str(output)!r} must end in an image type such as .png, .svg or .pdf")
     runs = [(Path(run_dir).name or str(run_dir), RunDir(run_dir).read_metrics()) for run_dir in run_dirs]
     for label, records in runs:
