@@ -266,3 +266,17 @@ def test_an_input_appended_to_between_the_passes_is_refused(tmp_path, big_text):
     assert stderr == (f"error: {big_text} changed while prepare read it ({size:,} bytes, then {size + 1_000_001:,}); "
                       "prepare it again once nothing writes to it\n")
     assert listing(tmp_path) == ["big.txt"]
+
+
+def test_a_file_put_into_out_while_a_prepare_process_runs_is_kept_and_the_prepare_refused(tmp_path, big_text):
+    out = tmp_path / "data"
+    process = start_prepare(big_text, out)
+    wait_for(lambda: next(tmp_path.glob(".data.*.partial"), None), process)
+    process.send_signal(signal.SIGSTOP)
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    process.send_signal(signal.SIGCONT)
+    _, stderr = process.communicate(timeout=300)
+    assert process.returncode == 2 and stderr == (f"error: --out '{out}' is not empty; choose another directory or "
+                                                  "pass --overwrite\n")
+    assert listing(out) == ["notes.txt"] and listing(tmp_path) == ["big.txt", "data"]
