@@ -12,13 +12,16 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxgpt.cli import ArgumentParser, means_none, run_cli
+from jaxgpt.cli import COMPILE_FOR_HELP, ArgumentParser, compile_only, means_none, run_cli
 from jaxgpt.core.config import INT32_MAX, GPTConfig, seed_range
 from jaxgpt.core.sampling import Cache, generate
 from jaxgpt.data.tokenizers import Tokenizer, default_prompt
+from jaxgpt.run.compile_check import check_sample
 from jaxgpt.store import checkpoint
+from jaxgpt.store.rundir import RunDir
 from jaxgpt.system import compile_cache
-from jaxgpt.system.errors import UsageError
+from jaxgpt.system.errors import JaxgptError, UsageError
+from jaxgpt.system.targets import find_target
 from jaxgpt.weights import pretrained
 
 RULE = "-" * 40  # printed between samples
@@ -61,6 +64,7 @@ def parse_sample_args(argv: list[str]) -> dict:
                         "for every token, the lecture's semantics; rolling (RoPE models) keeps a sliding window of "
                         "cached keys and values, much faster but other logits from the second layer on "
                         "(docs/sampling.md)")
+    parser.add_argument("--compile_for", metavar="TARGET", help=COMPILE_FOR_HELP)
     args = vars(parser.parse_args(argv))
     if (args["out_dir"] is None) == (args["init_from"] is None):
         given = "not both" if args["out_dir"] is not None else "one is required"
@@ -80,26 +84,41 @@ def parse_sample_args(argv: list[str]) -> dict:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_sample_args(sys.argv[1:] if argv is None else argv)
+    if args["compile_for"]:
+        return compile_sample(args)
     compile_cache.enable_default()
     model, params, tokenizer = _load(args)
     model = pretrained.for_inference(model, args["dtype"])
-    try:
-        prompt_ids = default_prompt(tokenizer) if args["prompt"] is None else tokenizer.encode(args["prompt"])
-    except UsageError as err:
-        raise UsageError(f"--prompt has {err}") from None
-    prompt = jnp.asarray([prompt_ids] * args["num_samples"], jnp.int32)  # (num_samples, T0)
+    prompt = jnp.asarray([_prompt_ids(tokenizer, args["prompt"])] * args["num_samples"], jnp.int32)  # (num_samples, T0)
     tokens = generate(model, params, prompt, args["max_new_tokens"], jax.random.key(args["seed"]),
                       temperature=args["temperature"], top_k=args["top_k"], top_p=args["top_p"], cache=args["cache"])
     samples = [tokenizer.decode(row) for row in np.asarray(tokens)]
     print(f"\n{RULE}\n".join(samples))
 
 
+def compile_sample(args: dict) -> None:
+    """--compile_for: the sampler compiled for one device of the target, here; exit 1 if it does not fit."""
+    target = find_target(args["compile_for"])
+    compile_only()
+    if args["out_dir"] is not None:
+        _check_out_dir(args["out_dir"])
+        run = RunDir(args["out_dir"])
+        model, tokenizer = run.read_config().model, run.read_tokenizer
+    else:
+        model = pretrained.model_config(args["init_from"])
+        tokenizer = lambda: pretrained.load(args["init_from"])[2]  # noqa: E731 (the weights' tokenizer)
+    prompt_len = len(_prompt_ids(tokenizer(), args["prompt"])) if args["prompt"] else 1  # the default: one token
+    report = check_sample(model, target, dtype=args["dtype"], prompt_len=prompt_len,
+                          num_samples=args["num_samples"], max_new_tokens=args["max_new_tokens"], cache=args["cache"])
+    print(report.format())
+    if problem := report.fit_problem():
+        raise JaxgptError(problem)
+
+
 def _load(args: dict) -> tuple[GPTConfig, dict, Tokenizer]:
     """(model config, params in --dtype, tokenizer) of --out_dir (a run's latest checkpoint) or --init_from."""
     if args["out_dir"] is not None:
-        if not Path(args["out_dir"]).is_dir():
-            what = "is a file" if Path(args["out_dir"]).exists() else "does not exist"
-            raise UsageError(f"--out_dir {args['out_dir']!r} {what}; pass the out_dir of a training run")
+        _check_out_dir(args["out_dir"])
         config, params, tokenizer = checkpoint.load(args["out_dir"])
         return config.model, pretrained.cast_params(params, args["dtype"]), tokenizer
     model, params, tokenizer = pretrained.load(args["init_from"], args["dtype"])
@@ -108,6 +127,20 @@ def _load(args: dict) -> tuple[GPTConfig, dict, Tokenizer]:
                          "its tokenizer (python -m jaxgpt.convert MODEL.pt OUT_DIR --tokenizer=FILE) and sample "
                          "--out_dir=OUT_DIR")
     return model, params, tokenizer
+
+
+def _check_out_dir(out_dir: str) -> None:
+    if not Path(out_dir).is_dir():
+        what = "is a file" if Path(out_dir).exists() else "does not exist"
+        raise UsageError(f"--out_dir {out_dir!r} {what}; pass the out_dir of a training run")
+
+
+def _prompt_ids(tokenizer: Tokenizer, prompt: str | None) -> list[int]:
+    """--prompt's tokens, or the default prompt's (one token)."""
+    try:
+        return default_prompt(tokenizer) if prompt is None else tokenizer.encode(prompt)
+    except UsageError as err:
+        raise UsageError(f"--prompt has {err}") from None
 
 
 def entry_point() -> None:

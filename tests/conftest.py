@@ -12,6 +12,10 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
+# Everything runs on the CPU. With the accelerator extras installed (CI installs them: tests/test_targets.py,
+# tests/test_compile_check.py), JAX would start their plugins too, which print errors without the hardware. Set
+# before jax is imported (the stand-ins below import it).
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
 pytest_plugins = ["gpt2_standins"]  # the GPT-2 stand-ins' fixtures: hf, gpt2_data, gpt2_encoding
 
 

@@ -115,3 +115,77 @@ def test_bigram_reads_logits_off_the_table():
 def test_bad_model_config(kwargs, message):
     with pytest.raises(UsageError, match=message):
         GPTConfig(**kwargs)
+
+
+# -- the accelerators' fused attention ----------------------------------------------------------------------------
+
+
+def _lecture_attention(q, k, v):
+    from jaxgpt.core.model import causal_attention
+
+    return causal_attention(q, k, v, "xla", lambda weights: weights)
+
+
+@settings(max_examples=4, deadline=None)
+@given(batch=st.integers(1, 2), heads=st.integers(1, 3), blocks=st.integers(1, 2), head_size=st.sampled_from([8, 16]),
+       dtype=st.sampled_from(["float32", "bfloat16"]), seed=st.integers(0, 2**16))
+def test_splash_attention_equals_the_lectures_in_values_and_gradients(batch, heads, blocks, head_size, dtype, seed):
+    """The Pallas splash kernel, run by Pallas' TPU interpreter on the CPU, against the lecture's attention:
+    outputs and the gradients of q, k and v. Contexts are whole blocks of 128 positions (the kernel's lanes)."""
+    from jax.experimental.pallas import tpu as pltpu
+
+    from jaxgpt.core.model import splash_attention
+
+    T = 128 * blocks
+    q, k, v = (jax.random.normal(key, (batch, heads, T, head_size), jnp.dtype(dtype))
+               for key in jax.random.split(jax.random.key(seed), 3))
+    probe = jax.random.normal(jax.random.key(seed + 1), q.shape, jnp.float32)  # a loss that weighs every output
+
+    def loss(attention, q, k, v):
+        return (attention(q, k, v).astype(jnp.float32) * probe).sum()
+
+    with pltpu.force_tpu_interpret_mode():
+        out = splash_attention(q, k, v)
+        grads = jax.grad(lambda *a: loss(splash_attention, *a), argnums=(0, 1, 2))(q, k, v)
+    want = _lecture_attention(q, k, v)
+    want_grads = jax.grad(lambda *a: loss(_lecture_attention, *a), argnums=(0, 1, 2))(q, k, v)
+    tolerance = 2e-5 if dtype == "float32" else 5e-2  # bfloat16 keeps 8 bits: the two round differently
+    np.testing.assert_allclose(np.asarray(out, np.float32), np.asarray(want, np.float32), atol=tolerance,
+                               rtol=tolerance)
+    for got, expected in zip(grads, want_grads, strict=True):
+        scale = float(jnp.abs(expected.astype(jnp.float32)).max()) or 1.0
+        np.testing.assert_allclose(np.asarray(got, np.float32) / scale, np.asarray(expected, np.float32) / scale,
+                                   atol=tolerance * 2)
+
+
+@pytest.mark.parametrize("attention", ["cudnn", "splash"])
+def test_the_fused_kernels_refuse_dropout_in_one_line(attention):
+    with pytest.raises(UsageError, match=f"attention='{attention}' has no dropout .* set --dropout=0"):
+        GPTConfig(block_size=128, attention=attention, dropout=0.1)
+
+
+def test_splash_needs_whole_blocks_of_128():
+    with pytest.raises(UsageError, match="block_size must be a multiple of 128, got 96"):
+        GPTConfig(block_size=96, attention="splash", dropout=0.0)
+
+
+@pytest.mark.parametrize("attention,backend,message", [
+    ("cudnn", "cpu", "not for the cpu backend"), ("cudnn", "tpu", "not for the tpu backend"),
+    ("splash", "cpu", "not for the cpu backend"), ("splash", "gpu", "not for the gpu backend")])
+def test_a_fused_kernel_is_refused_where_it_cannot_run(attention, backend, message):
+    with pytest.raises(UsageError, match=message):
+        GPTConfig(block_size=128, attention=attention, dropout=0.0).resolved(backend)
+    assert GPTConfig(block_size=128, attention="cudnn", dropout=0.0).resolved("gpu").dtype == "bfloat16"
+    with pytest.raises(UsageError, match="not for dtype=float32"):
+        GPTConfig(block_size=128, attention="cudnn", dropout=0.0, dtype="float32").resolved("gpu")
+
+
+def test_a_model_trained_with_a_fused_kernel_samples_and_scores_here_with_xlas():
+    """for_inference (sampling, eval) computes a cudnn or splash model's attention with XLA's on this CPU: the
+    same numbers as dot_product."""
+    from jaxgpt.weights.pretrained import for_inference
+
+    for attention in ("cudnn", "splash"):
+        config = GPTConfig(vocab_size=11, block_size=128, n_layer=1, n_head=2, n_embd=16, dropout=0.0,
+                           attention=attention)
+        assert for_inference(config, "float32").attention == "dot_product"

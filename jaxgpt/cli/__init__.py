@@ -8,17 +8,19 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import os
 import signal
 import sys
 import typing
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import jax
 import simple_parsing
 
 from jaxgpt.core.config import HOW_TO_COMPUTE, GPTConfig, TrainConfig, load_config, sizes_unused_by
 from jaxgpt.core.mfu import step_activation_bytes
-from jaxgpt.system import allocator
+from jaxgpt.system import allocator, targets
 from jaxgpt.system.errors import JaxgptError, UsageError
 from jaxgpt.system.interrupt import Terminated
 from jaxgpt.system.logs import quiet_checkpoint_failures
@@ -97,10 +99,20 @@ INIT_FROM_DEFAULTS = TrainConfig(model=GPTConfig(block_size=1024))
 SHAPE_FLAGS = frozenset(_flag_fields(GPTConfig)) - HOW_TO_COMPUTE - {"block_size"}
 
 
+COMPILE_FOR_HELP = ("compile the programs this command would run for an accelerator, here, without one (e.g. "
+                    "tpu-v5e-8, h100-1; docs/accelerators.md), print their memory and time per device, run nothing")
+
+
 def parse_train_args(argv: list[str], prog: str = "jaxgpt.train", description: str = "",
                      default_config: str = "small") -> TrainConfig:
     """argv -> TrainConfig: the named config (`--config`) with every given flag applied, validated. With
     `--init_from` and no `--config`, the base is INIT_FROM_DEFAULTS."""
+    return parse_train_command(argv, prog, description, default_config)[0]
+
+
+def parse_train_command(argv: list[str], prog: str = "jaxgpt.train", description: str = "",
+                        default_config: str = "small") -> tuple[TrainConfig, str | None]:
+    """argv -> (TrainConfig as `parse_train_args` makes it, the --compile_for target's name or None)."""
     pre = ArgumentParser(add_help=False)
     pre.add_argument("--config")
     pre.add_argument("--init_from")
@@ -112,12 +124,22 @@ def parse_train_args(argv: list[str], prog: str = "jaxgpt.train", description: s
                         help="config name in configs/, a .py file defining config = TrainConfig(...), or a run's "
                              "config.json (default: %(default)s; with --init_from, the defaults below with "
                              "block_size 1024)")
+    parser.add_argument("--compile_for", metavar="TARGET", help=COMPILE_FOR_HELP)
     parser.add_config_arguments(TrainConfig, dest="train", default=base)
     optional = {name for name, tp in _flag_fields(TrainConfig).items() if type(None) in typing.get_args(tp)}
-    config = parser.parse_args(_none_for_optional(argv, optional)).train
+    namespace = parser.parse_args(_none_for_optional(argv, optional))
+    config = namespace.train
     _check_init_from_flags(argv, config)
     _check_flags_that_do_nothing(argv, config)
-    return config
+    return config, namespace.compile_for
+
+
+def compile_only() -> None:
+    """This process compiles for an accelerator and runs nothing: JAX on the CPU, and the environment the TPU and
+    GPU plugins need to start without their hardware (jaxgpt.system.targets). Before anything touches a device."""
+    for name, value in targets.deviceless_environment().items():
+        os.environ.setdefault(name, value)
+    jax.config.update("jax_platforms", "cpu")
 
 
 def _given_flags(argv: list[str]) -> set[str]:

@@ -31,7 +31,8 @@ Activation = Literal["relu", "gelu", "gelu_tanh", "relu2"]
 Position = Literal["learned", "rope"]
 Norm = Literal["layernorm", "rmsnorm"]
 Dtype = Literal["auto", "float32", "bfloat16"]
-Attention = Literal["xla", "dot_product"]
+Attention = Literal["xla", "dot_product", "cudnn", "splash"]
+FUSED_ATTENTION = ("cudnn", "splash")  # kernels that never store the (T, T) weights: the accelerators' own
 DenseKernel = Literal["auto", "xla", "cpu"]
 LRSchedule = Literal["constant", "cosine"]
 Optimizer = Literal["adamw", "muon"]
@@ -129,7 +130,10 @@ class GPTConfig:
     logit_softcap: float = option(0.0, "0: off; else logits = softcap * tanh(logits / softcap), in float32",
                                   non_negative)
     dtype: Dtype = option("auto", "matmul compute dtype; auto: float32 on CPU, bfloat16 on GPU/TPU")
-    attention: Attention = option("xla", "xla: the lecture's attention; dot_product: jax.nn.dot_product_attention")
+    attention: Attention = option("xla", "xla: the lecture's attention; dot_product: jax.nn.dot_product_attention "
+                                         "(XLA's); cudnn: its cuDNN flash attention (GPU, bfloat16); splash: the "
+                                         "Pallas splash attention kernel (TPU, block_size a multiple of 128); "
+                                         "cudnn and splash have no dropout")
     dense_kernel: DenseKernel = option("auto", "Dense layers' matmul; auto: cpu (a faster backward) on CPU, else xla")
     model_type: ModelType = option("gpt", "gpt: the lecture's transformer; bigram: its first model, a (V, V) table")
 
@@ -145,6 +149,12 @@ class GPTConfig:
             raise UsageError(f"{', '.join(changed)} {'does' if len(changed) == 1 else 'do'} nothing for "
                              "model_type='bigram' (a (V, V) table of next-token logits); leave "
                              f"{'it' if len(changed) == 1 else 'them'} at the default or use model_type='gpt'")
+        if self.attention in FUSED_ATTENTION and self.dropout:
+            raise UsageError(f"attention={self.attention!r} has no dropout on the attention weights, got dropout="
+                             f"{self.dropout}; set --dropout=0 or use --attention=xla (the lecture's, with dropout)")
+        if self.attention == "splash" and self.block_size % 128:
+            raise UsageError(f"attention='splash' works in blocks of 128 positions: block_size must be a multiple of "
+                             f"128, got {self.block_size}")
         if self.position == "rope" and self.head_size % 2:
             raise UsageError(f"position='rope' rotates pairs of head dimensions: the head size n_embd / n_head must "
                              f"be even, got {self.n_embd} / {self.n_head} = {self.head_size}")
@@ -154,7 +164,22 @@ class GPTConfig:
         return self.n_embd // self.n_head
 
     def resolved(self, backend: str | None = None) -> GPTConfig:
-        """This config with the "auto" choices made for `backend` (default: JAX's default backend)."""
+        """This config with the "auto" choices made for `backend` (default: JAX's default backend), refused where
+        it cannot run there (cuDNN's attention off a GPU or in float32)."""
+        backend = backend or jax.default_backend()
+        config = self.with_auto_choices(backend)
+        if config.attention == "cudnn" and (backend != "gpu" or config.dtype != "bfloat16"):
+            where = f"dtype={config.dtype}" if backend == "gpu" else f"the {backend} backend"
+            raise UsageError(f"attention='cudnn' is NVIDIA's fused kernel for bfloat16 on a GPU, not for {where}; use "
+                             "--attention=xla or dot_product, or compile for a GPU: --compile_for=h100-1")
+        if config.attention == "splash" and backend != "tpu":
+            raise UsageError(f"attention='splash' is a TPU kernel (Pallas, Mosaic), not for the {backend} backend; use "
+                             "--attention=xla or dot_product, or compile for a TPU: --compile_for=tpu-v5e-1")
+        return config
+
+    def with_auto_choices(self, backend: str | None = None) -> GPTConfig:
+        """The "auto" dtype and dense_kernel made for `backend` (default: JAX's default backend); nothing checked:
+        the model applies it where it is traced, which may be for another device than this process's."""
         backend = backend or jax.default_backend()
         dtype = ("float32" if backend == "cpu" else "bfloat16") if self.dtype == "auto" else self.dtype
         kernel = ("cpu" if backend == "cpu" else "xla") if self.dense_kernel == "auto" else self.dense_kernel
@@ -285,9 +310,11 @@ class TrainConfig:
         """A config saved by `save` (a run's config.json)."""
         return cls.from_json(Path(path).read_text(encoding="utf-8"), str(path))
 
-    def for_vocab(self, vocab_size: int) -> TrainConfig:
-        """This config with the model's vocab_size set (from the data) and its "auto" choices resolved."""
-        return dataclasses.replace(self, model=dataclasses.replace(self.model, vocab_size=vocab_size).resolved())
+    def for_vocab(self, vocab_size: int, backend: str | None = None) -> TrainConfig:
+        """This config with the model's vocab_size set (from the data) and its "auto" choices resolved for
+        `backend` (default: JAX's default backend)."""
+        model = dataclasses.replace(self.model, vocab_size=vocab_size).resolved(backend)
+        return dataclasses.replace(self, model=model)
 
     def as_saved(self) -> TrainConfig:
         """The config as written to config.json and checkpoints: without the one-off --resume/--overwrite."""

@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from jaxgpt.core.model import LanguageModel
+from jaxgpt.core.model import LanguageModel, mesh_context
 from jaxgpt.system.sharding import Placement
 
 
@@ -52,7 +52,8 @@ def make_split_sums(model: LanguageModel, placement: Placement) -> Callable:
             x, y = placement.constrain_batch(windows[:, :-1], windows[:, 1:])  # (B, T) each
             return total + split_sums(model.apply({"params": params}, x), y, counted, token_bytes), None
 
-        total, _ = jax.lax.scan(add_batch, jnp.zeros(4, jnp.float32), (windows, counted))
+        with mesh_context(model, placement.mesh):
+            total, _ = jax.lax.scan(add_batch, jnp.zeros(4, jnp.float32), (windows, counted))
         return total
 
     return sums_of_batches

@@ -19,6 +19,7 @@ residual stream still float32.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 from collections.abc import Callable
 from typing import Literal
@@ -33,6 +34,7 @@ from jaxgpt.core.config import Attention, GPTConfig
 from jaxgpt.core.layers import Dropout, cpu_dense_dot_general, gelu
 from jaxgpt.core.mfu import flops_per_token
 from jaxgpt.system.errors import UsageError
+from jaxgpt.system.sharding import BATCH_AXES
 
 _weight_init = nn.initializers.normal(stddev=0.02)  # the lecture's _init_weights
 Decode = bool | Literal["rolling"]  # a model call's `decode`: False (training), True (KV cache) or "rolling"
@@ -121,6 +123,39 @@ def softcap(logits: jax.Array, cap: float) -> jax.Array:
     return cap * jnp.tanh(logits / cap)
 
 
+SPLASH_BLOCK = 512  # positions per block of the splash kernel (at most; block_size if smaller)
+
+
+def splash_attention(q: jax.Array, k: jax.Array, v: jax.Array) -> jax.Array:
+    """Causal attention by the Pallas splash attention kernel (a TPU Mosaic kernel; on other backends only inside
+    `jax.experimental.pallas.tpu.force_tpu_interpret_mode`): q, k, v (B, nh, T, hs) -> (B, nh, T, hs).
+
+    The compiler cannot split a Mosaic kernel over devices: under a mesh made known while tracing
+    (`mesh_context`), each device runs it on its own rows of the batch (shard_map over the batch axes)."""
+    mesh = jax.sharding.get_abstract_mesh()
+    if mesh.empty or mesh.size == 1:
+        return _splash_on_one_device(q, k, v)
+    rows = jax.sharding.PartitionSpec(tuple(axis for axis in BATCH_AXES if axis in mesh.axis_names))
+    return jax.shard_map(_splash_on_one_device, mesh=mesh, in_specs=(rows,) * 3, out_specs=rows,
+                         check_vma=False)(q, k, v)  # the kernel does not say how its outputs vary
+
+
+def _splash_on_one_device(q: jax.Array, k: jax.Array, v: jax.Array) -> jax.Array:
+    """The kernel on (B, nh, T, hs): the batch and heads go through it as B * nh heads of one causal mask; queries
+    are scaled first (the kernel does not scale)."""
+    from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_kernel as splash
+    from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_mask as masks
+
+    B, nh, T, hs = q.shape
+    block = min(SPLASH_BLOCK, T)
+    sizes = splash.BlockSizes(block_q=block, block_kv=block, block_kv_compute=block, block_q_dkv=block,
+                              block_kv_dkv=block, block_kv_dkv_compute=block, block_q_dq=block, block_kv_dq=block)
+    mask = masks.MultiHeadMask([masks.CausalMask((T, T))] * (B * nh))
+    kernel = splash.make_splash_mha(mask, block_sizes=sizes, head_shards=1, q_seq_shards=1)
+    heads = lambda x: x.reshape(B * nh, T, hs)  # noqa: E731
+    return kernel(heads(q * hs**-0.5), heads(k), heads(v)).reshape(B, nh, T, hs)
+
+
 def causal_attention(q: jax.Array, k: jax.Array, v: jax.Array, implementation: Attention,
                      dropout: Callable[[jax.Array], jax.Array], mask: jax.Array | None = None) -> jax.Array:
     """softmax(q k^T / sqrt(hs), causal) v for every head: q (B, nh, Tq, hs), k, v (B, nh, Tk, hs) -> like q.
@@ -128,15 +163,19 @@ def causal_attention(q: jax.Array, k: jax.Array, v: jax.Array, implementation: A
     `mask` (Tq, Tk) says which keys each query sees; None means the plain causal mask (Tq == Tk).
 
     "xla" is the lecture's explicit computation, with `dropout` applied to the attention weights.
-    "dot_product" calls jax.nn.dot_product_attention (cuDNN flash attention on GPU where it applies, else
-    the same math in XLA); it has no dropout on the weights, so it equals "xla" only with dropout off.
-    Scores and softmax are float32 either way.
+    "dot_product" calls jax.nn.dot_product_attention (XLA's implementation: the same math); "cudnn" its cuDNN
+    flash attention (GPU, bfloat16), "splash" the Pallas splash attention kernel (TPU): neither stores the
+    (T, T) weights. The fused kernels take the plain causal mask; a sampler's cached steps (a `mask`) take XLA's.
+    None but "xla" has dropout on the weights: they equal "xla" with dropout off. Scores and softmax are float32.
     """
-    if implementation == "dot_product":
+    if implementation == "splash" and mask is None and q.shape[2] % 128 == 0:  # a sampler's odd windows: XLA's
+        return splash_attention(q, k, v)
+    if implementation != "xla":
         q, k, v = (x.swapaxes(1, 2) for x in (q, k, v))  # the (B, T, nh, hs) layout it takes
         if mask is None:
-            return jax.nn.dot_product_attention(q, k, v, is_causal=True).swapaxes(1, 2)
-        return jax.nn.dot_product_attention(q, k, v, mask=mask[None, None]).swapaxes(1, 2)
+            kernel = "cudnn" if implementation == "cudnn" else "xla"
+            return jax.nn.dot_product_attention(q, k, v, is_causal=True, implementation=kernel).swapaxes(1, 2)
+        return jax.nn.dot_product_attention(q, k, v, mask=mask[None, None], implementation="xla").swapaxes(1, 2)
     Tq, hs = q.shape[2], q.shape[-1]
     if mask is None:
         mask = jnp.tril(jnp.ones((Tq, Tq), dtype=bool))  # the future does not talk to the past
@@ -268,7 +307,7 @@ class GPT(nn.Module):
 
     @nn.compact
     def __call__(self, idx: jax.Array, deterministic: bool = True, decode: Decode = False) -> jax.Array:
-        cfg = self.config.resolved()
+        cfg = self.config.with_auto_choices()
         B, T = idx.shape
         if cfg.block_size < T:
             raise UsageError(f"sequence length {T} exceeds block_size {cfg.block_size}; crop the input")
@@ -339,6 +378,14 @@ def check_tokens(tokens, vocab_size: int, name: str = "tokens") -> np.ndarray:
         if low < 0 or high >= vocab_size:
             raise UsageError(f"{name} must be token ids in [0, {vocab_size}), got values in [{low}, {high}]")
     return array.astype(np.int32)
+
+
+def mesh_context(model: LanguageModel, mesh: jax.sharding.Mesh) -> contextlib.AbstractContextManager:
+    """Entered inside a jitted function: makes `mesh` known to `model` while it is traced, where the model splits
+    work over devices by hand (the splash kernel, `splash_attention`); nothing otherwise."""
+    if isinstance(model, GPT) and model.config.attention == "splash":
+        return jax.sharding.use_abstract_mesh(mesh.abstract_mesh)
+    return contextlib.nullcontext()
 
 
 def build_model(config: GPTConfig) -> LanguageModel:

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import functools
 import numbers
-from typing import Literal, NamedTuple, get_args
+from typing import Any, Literal, NamedTuple, get_args
 
 import flax.linen as nn
 import jax
@@ -232,5 +232,10 @@ def generate(config: GPTConfig, params, prompt: jax.Array, max_new_tokens: int, 
     if max_new_tokens == 0:
         return prompt
     return generate_cached(config, params, prompt, key, Sampling.of(config.vocab_size, temperature, top_k, top_p),
-                            max_new_tokens=int(max_new_tokens), cache=cache,
-                            cache_sizes=tuple(kv_cache_sizes(config.block_size)))
+                           **cached_program_options(config, max_new_tokens, cache))
+
+
+def cached_program_options(config: GPTConfig, max_new_tokens: int, cache: Cache) -> dict[str, Any]:
+    """`generate_cached`'s static arguments: what its program is compiled for."""
+    return {"max_new_tokens": int(max_new_tokens), "cache": cache,
+            "cache_sizes": tuple(kv_cache_sizes(config.block_size))}

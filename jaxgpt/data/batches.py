@@ -89,9 +89,11 @@ class Batches(Protocol):
 
     def step_input(self, first_step: int, steps: int) -> jax.Array: ...
 
-    def step_input_spec(self, steps: int) -> jax.Array | jax.ShapeDtypeStruct: ...
+    def step_input_spec(self, steps: int) -> jax.ShapeDtypeStruct: ...
 
     def eval_windows(self, split: str, key: jax.Array) -> jax.Array: ...
+
+    def eval_windows_spec(self, split: str) -> jax.ShapeDtypeStruct: ...
 
     def prefetch(self, first_step: int, steps: int) -> None: ...
 
@@ -104,15 +106,27 @@ class Batches(Protocol):
 
 class DeviceBatches:
     """The splits on the devices (replicated); the compiled step draws its windows there. Without `splits`, only
-    the in-step part (`windows`) is usable, for a step given the train split directly."""
+    the in-step part (`windows`) is usable, for a step given the train split directly. The splits go to the devices
+    at their first use, so that the programs can be compiled (`step_input_spec`, `eval_windows_spec`) for devices
+    that are not there (jaxgpt.run.compile_check)."""
 
     def __init__(self, config: TrainConfig, placement: Placement, splits: dict[str, np.ndarray] | None = None):
         self.config, self.placement = config, placement
         self.input_sharding = placement.replicated
-        self.splits = {name: placement.replicate(tokens) for name, tokens in (splits or {}).items()}
+        self._host_splits = dict(splits or {})
+        self._placed: dict[str, jax.Array] = {}
         self._eval_windows = jax.jit(functools.partial(
             draw_eval_windows, config.eval_iters, config.batch_size, config.block_size),
             out_shardings=placement.batch_along(1))
+
+    def _split(self, name: str) -> jax.Array:
+        if name not in self._placed:
+            self._placed[name] = self.placement.replicate(self._host_splits[name])
+        return self._placed[name]
+
+    def _split_spec(self, name: str) -> jax.ShapeDtypeStruct:
+        tokens = self._host_splits[name]
+        return jax.ShapeDtypeStruct(tokens.shape, tokens.dtype, sharding=self.input_sharding)
 
     def windows(self, step_input: jax.Array, steps: jax.Array) -> jax.Array:
         """In the compiled step: the windows (K, A, B, T + 1) of `steps` (K,), drawn from the train split (N,)."""
@@ -122,14 +136,19 @@ class DeviceBatches:
                                                 self.placement.batch_along(2))
 
     def step_input(self, first_step: int, steps: int) -> jax.Array:
-        return self.splits["train"]
+        return self._split("train")
 
-    def step_input_spec(self, steps: int) -> jax.Array:
-        return self.splits["train"]
+    def step_input_spec(self, steps: int) -> jax.ShapeDtypeStruct:
+        return self._split_spec("train")
 
     def eval_windows(self, split: str, key: jax.Array) -> jax.Array:
         """The (eval_iters, B, T + 1) random windows of a loss estimate of `split` ("train" or "val")."""
-        return self._eval_windows(self.splits[split], key)
+        return self._eval_windows(self._split(split), key)
+
+    def eval_windows_spec(self, split: str) -> jax.ShapeDtypeStruct:
+        key = jax.eval_shape(lambda: jax.random.key(0))
+        windows = jax.eval_shape(self._eval_windows, self._split_spec(split), key)
+        return jax.ShapeDtypeStruct(windows.shape, windows.dtype, sharding=self.placement.batch_along(1))
 
     def prefetch(self, first_step: int, steps: int) -> None:
         """Nothing to prepare: the step draws its own windows."""
@@ -223,6 +242,11 @@ class HostBatches:
         offsets = np.asarray(self._eval_offsets(self._to_cpu(key), len(tokens), c.eval_iters, c.batch_size,
                                                 c.block_size))  # (eval_iters, B)
         return place_windows(tokens, offsets, c.block_size, self.placement.batch_along(1))
+
+    def eval_windows_spec(self, split: str) -> jax.ShapeDtypeStruct:
+        c = self.config
+        shape = (c.eval_iters, c.batch_size, c.block_size + 1)
+        return jax.ShapeDtypeStruct(shape, jnp.int32, sharding=self.placement.batch_along(1))
 
     def _drop_ahead(self) -> None:
         for future in self._ahead.values():

@@ -33,14 +33,20 @@ def whole_split_loss(sums_of_batches: Callable, params, tokens: np.ndarray, batc
     consecutive, up to FULL_EVAL_BATCHES batches of `batch_size` per compiled call (fewer for a short split), moved
     to the devices by `put`. Deterministic: no key."""
     B, T = batch_size, block_size
-    n_windows = -(-(len(tokens) - 1) // T)
-    batches = min(FULL_EVAL_BATCHES, -(-n_windows // B))  # per call
+    n_windows, batches = -(-(len(tokens) - 1) // T), full_eval_batches(len(tokens), B, T)
     total = np.zeros(4)
     for first in range(0, n_windows, batches * B):
         windows, counted = consecutive_windows(tokens, first, batches * B, T)  # (batches * B, T + 1), (.., T)
         windows, counted = put(windows.reshape(batches, B, T + 1)), put(counted.reshape(batches, B, T))
         total += np.asarray(sums_of_batches(params, windows, counted, token_bytes), np.float64)
     return loss_and_bpb(total)
+
+
+def full_eval_batches(n_tokens: int, batch_size: int, block_size: int) -> int:
+    """Batches per compiled call of `whole_split_loss` over a split of `n_tokens`: FULL_EVAL_BATCHES, fewer for a
+    short split."""
+    n_windows = -(-(n_tokens - 1) // block_size)
+    return min(FULL_EVAL_BATCHES, -(-n_windows // batch_size))
 
 
 @dataclasses.dataclass(frozen=True)

@@ -19,7 +19,7 @@ from flax import struct
 from jaxgpt.core.config import TrainConfig
 from jaxgpt.core.keys import step_keys
 from jaxgpt.core.losses import cross_entropy
-from jaxgpt.core.model import LanguageModel
+from jaxgpt.core.model import LanguageModel, mesh_context
 from jaxgpt.data.batches import Batches, DeviceBatches
 from jaxgpt.system.sharding import Placement
 
@@ -96,9 +96,10 @@ def make_train_step(config: TrainConfig, model: LanguageModel, tx: optax.Gradien
 
     def train_steps(state: TrainState, step_input: jax.Array) -> tuple[TrainState, jax.Array]:
         windows = batches.windows(step_input, state.step + jnp.arange(K))  # (K, A, B, T + 1)
-        if K == 1:
-            return train_step(state, windows[0])
-        state, losses = jax.lax.scan(train_step, state, windows)
+        with mesh_context(model, placement.mesh):
+            if K == 1:
+                return train_step(state, windows[0])
+            state, losses = jax.lax.scan(train_step, state, windows)
         return state, losses[-1]
 
     return jax.jit(train_steps, in_shardings=(placement.state, batches.input_sharding),

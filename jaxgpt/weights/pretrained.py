@@ -24,12 +24,16 @@ from jaxgpt.data.tokenizers import Tokenizer, describe, gpt2_tokenizer
 from jaxgpt.store import checkpoint
 from jaxgpt.store.rundir import RunDir
 from jaxgpt.system.errors import UsageError
-from jaxgpt.weights.convert import detect_layout, from_torch_state_dict, load_torch_checkpoint
+from jaxgpt.weights.convert import LAYOUT_FIELDS, detect_layout, from_torch_state_dict, load_torch_checkpoint
 
 # --init_from names -> Hugging Face hub repositories (safetensors weights)
 HUB_MODELS = {"gpt2": "openai-community/gpt2", "gpt2-medium": "openai-community/gpt2-medium",
               "gpt2-large": "openai-community/gpt2-large", "gpt2-xl": "openai-community/gpt2-xl"}
 PRETRAINED_EXTRA = "pip install 'jaxgpt[pretrained]'"  # huggingface_hub and safetensors
+# The hub models' (n_layer, n_head, n_embd), from their config.json: their shapes without a download.
+HUB_SIZES = {"gpt2": (12, 12, 768), "gpt2-medium": (24, 16, 1024), "gpt2-large": (36, 20, 1280),
+             "gpt2-xl": (48, 25, 1600)}
+GPT2_VOCAB_SIZE, GPT2_CONTEXT = 50257, 1024
 
 
 def _one_line(err: BaseException) -> str:
@@ -186,6 +190,19 @@ def load(source: str, dtype: str = "float32") -> tuple[GPTConfig, dict, Tokenize
                      "a save_pretrained directory or a .pt file")
 
 
+def model_config(source: str) -> GPTConfig:
+    """The model of `source`'s weights (anything `load` takes), reading no weights where the config says it: the
+    hub's GPT-2 sizes, a run's config.json. A .pt file or a save_pretrained directory is read whole (`load`)."""
+    if source in HUB_MODELS:
+        n_layer, n_head, n_embd = HUB_SIZES[source]
+        return GPTConfig(vocab_size=GPT2_VOCAB_SIZE, block_size=GPT2_CONTEXT, n_layer=n_layer, n_head=n_head,
+                         n_embd=n_embd, dropout=0.0, **LAYOUT_FIELDS["hf"], tie_embeddings=True)
+    run = RunDir(Path(source).expanduser())
+    if run.path.is_dir() and (run.has_checkpoints() or run.has_params()):
+        return run.read_config().model
+    return load(source)[0]
+
+
 def run_model(weights: GPTConfig, requested: GPTConfig) -> GPTConfig:
     """The model of a training run started from `weights`: their architecture, with dropout and how to compute
     from `requested`, and requested.block_size if it is smaller (the position table is then cropped, as nanoGPT's
@@ -242,6 +259,11 @@ def cast_params(params: dict, dtype: str) -> dict:
 def for_inference(config: GPTConfig, dtype: str) -> GPTConfig:
     """The model config that samples or scores with weights in `dtype`: with "bfloat16", the matmuls run in
     bfloat16 too (no float32 copy of a weight is made), while the residual stream, the norms, softmax and the loss
-    stay float32."""
+    stay float32. A model trained with a fused attention kernel (cudnn, splash) computes it with XLA's where the
+    kernel cannot run."""
     _jax_dtype(dtype)
+    backend = jax.default_backend()
+    if (config.attention == "cudnn" and (dtype != "bfloat16" or backend != "gpu")
+            or config.attention == "splash" and backend != "tpu"):
+        config = dataclasses.replace(config, attention="dot_product")  # the same math, where the kernel cannot run
     return dataclasses.replace(config, dtype="bfloat16") if dtype == "bfloat16" else config
