@@ -31,6 +31,12 @@ def test_config_by_name_and_by_path(tmp_path):
     assert parse_train_args([f"--config={path}"]).batch_size == 3
 
 
+def test_a_config_name_is_the_shipped_config_even_beside_a_folder_of_that_name(tmp_path, monkeypatch):
+    (tmp_path / "shakespeare_char").mkdir()  # e.g. a prepared dataset's folder in the working directory
+    monkeypatch.chdir(tmp_path)
+    assert parse_train_args(["--config=shakespeare_char"]).model.n_embd == 384
+
+
 def test_a_config_file_importing_a_moved_module_is_told_where_it_went(tmp_path):
     path = tmp_path / "old.py"
     path.write_text("from jaxgpt.config import TrainConfig\nconfig = TrainConfig(batch_size=3)\n")

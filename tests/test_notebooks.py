@@ -60,3 +60,41 @@ def test_notebook_runs_in_smoke_mode(name, this_python_kernel, shakespeare_path,
                      for out in cell.outputs if out.output_type == "stream")
     assert "smoke mode: True" in stdout  # the kernel saw the environment
     assert list(workdir.iterdir()) == []  # smoke runs write only to temporary directories
+
+
+COLAB_TPU = "tpu-v5e-1"  # what Colab's TPU runtime gives (its notebook says so)
+
+
+def test_the_colab_notebooks_programs_compile_for_colabs_tpu(shakespeare_path, monkeypatch):
+    """The notebook's own configuration cell (run here with one device, as on a 1-chip TPU runtime), compiled for
+    the Colab TPU it names: its train step, evaluation and its 1,000-token sample fit a chip."""
+    import jax
+
+    from jaxgpt.run.compile_check import check_sample, check_train, format_bytes
+    from jaxgpt.system.targets import find_target, missing_library
+
+    target = find_target(COLAB_TPU)
+    if missing_library(target):
+        pytest.skip(missing_library(target))
+    notebook = read("colab_tpu.ipynb")
+    assert f"compiled for a Colab **{COLAB_TPU}**" in notebook.cells[5].source
+    monkeypatch.delenv("JAXGPT_SMOKE", raising=False)
+    monkeypatch.setenv("JAXGPT_DATA", str(shakespeare_path))
+    namespace = {"jax": jax}
+    for cell in (notebook.cells[1], notebook.cells[6]):  # the settings, then the config
+        exec(cell.source, namespace)  # noqa: S102 (our own notebook)
+    config = namespace["config"]
+    assert (config.batch_size, config.fsdp, config.model.n_layer) == (64, 1, 6)
+    train = check_train(config, target, log=lambda _: None)
+    assert train.fit_problem() is None
+    assert "n_chars = 200 if SMOKE else 1000" in notebook.cells[11].source  # its sample: 1,000 characters
+    sampler = check_sample(train_model(config), target, dtype="float32", prompt_len=1, num_samples=1,
+                           max_new_tokens=1000, cache="recompute")
+    assert sampler.fit_problem() is None
+    # the figure the notebook states
+    assert f"{format_bytes(train.train_step.peak_bytes)} of its" in notebook.cells[5].source
+
+
+def train_model(config):
+    """The model the notebook samples with: the run's, resolved for a TPU (bfloat16 matmuls, float32 weights)."""
+    return config.for_vocab(65, backend="tpu").model

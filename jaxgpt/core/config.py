@@ -360,15 +360,17 @@ def available_configs() -> list[str]:
 
 
 def load_config(name_or_path: str) -> TrainConfig:
-    """A config by name (`small`, from `configs/`), by path (`path/to/file.py`) or a run's `config.json`."""
-    if Path(name_or_path).is_dir():
+    """A config by name (`small`, from `configs/`), by path (`path/to/file.py`) or a run's `config.json`.
+    A bare name is always a shipped config, even where the working directory holds a folder of that name."""
+    is_path = name_or_path.endswith((".py", ".json")) or os.sep in name_or_path
+    if is_path and Path(name_or_path).is_dir():
         raise UsageError(f"config {name_or_path!r} is a directory; give a config name, a .py file or a "
                          "run's config.json")
     if name_or_path.endswith(".json"):
         if not Path(name_or_path).is_file():
             raise UsageError(f"config file {name_or_path!r} does not exist")
         return TrainConfig.load(name_or_path)
-    if name_or_path.endswith(".py") or os.sep in name_or_path:
+    if is_path:
         path = Path(name_or_path)
         if not path.is_file():
             raise UsageError(f"config file {name_or_path!r} does not exist")
