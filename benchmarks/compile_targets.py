@@ -1,6 +1,7 @@
 """Compile named configs for TPU and GPU targets on this machine (no accelerator) and tabulate the reports.
 
     JAX_PLATFORMS=cpu python benchmarks/compile_targets.py --data_prepared=DIR [--out=compile_targets.json]
+    JAX_PLATFORMS=cpu python benchmarks/compile_targets.py --flags="--config=tiny" --targets=tpu-v5e-1,h100-1
 
 Each row is `python -m jaxgpt.train --config=NAME --compile_for=TARGET [flags]`, in this process
 (jaxgpt.run.compile_check.check_train): per device the train step's peak memory and the largest program's, the
@@ -49,15 +50,23 @@ def gib(n: float) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--data_prepared", required=True)
+    parser.add_argument("--data_prepared", help="a prepared dataset for the finetune rows (required for the table)")
+    parser.add_argument("--flags", help="one row's flags instead of the table's rows, e.g. '--config=tiny'")
+    parser.add_argument("--targets", default=",".join(TARGETS), help="--flags' targets, comma-separated")
     parser.add_argument("--out", default="compile_targets.json")
     args = parser.parse_args()
+    if args.flags:
+        table = [(args.flags.split(), args.targets.split(","))]
+    elif args.data_prepared:
+        table = rows(args.data_prepared)
+    else:
+        parser.error("the table's finetune rows need --data_prepared (or give one row's --flags)")
     results = []
     print("| flags | target | compiles | train step peak / device (GiB) | largest program (GiB) | usable (GiB) "
           "| params + opt state / device (GiB) | GFLOP per step per device | step >= | max_iters >= "
           f"| max_iters at {ASSUMED_MFU:.0%} MFU | compile (s) |")
     print("|---|---|---|---|---|---|---|---|---|---|---|---|")
-    for flags, targets in rows(args.data_prepared):
+    for flags, targets in table:
         config = parse_train_args(flags)
         shown = " ".join(flag for flag in flags if not flag.startswith("--data_path"))
         for name in targets:

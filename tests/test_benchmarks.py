@@ -13,7 +13,11 @@ from pathlib import Path
 
 import pytest
 
+from jaxgpt.system.targets import TARGETS, missing_library
+
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+MISSING = [problem for name in ("tpu-v5e-1", "h100-1") if (problem := missing_library(TARGETS[name]))]
+NEEDS_TPU_AND_GPU = pytest.mark.skipif(bool(MISSING), reason="; ".join(MISSING))
 TINY = ["--n_layer=1", "--n_head=2", "--n_embd=16", "--block_size=8", "--batch_size=4"]
 
 
@@ -53,6 +57,12 @@ def run_script(name: str, *args: str, data_path: str, smoke: bool = False) -> st
     ("finetune_cpu.py", ["--n_layer=1", "--n_head=2", "--n_embd=16", "--n_positions=32", "--vocab_size=300",
                          "--batch_size=2", "--block_size=16", "--steps=2", "--eval_tokens=64"],
      "s per step (median of 2"),
+    # compiled for a TPU and a GPU without them (the tpu and cuda extras)
+    pytest.param("compile_targets.py", ["--flags=--config=tiny --sample_chars=0", "--targets=tpu-v5e-1",
+                                        "--out=/dev/null"], "| `--config=tiny --sample_chars=0` | tpu-v5e-1 | yes |",
+                 marks=NEEDS_TPU_AND_GPU),
+    pytest.param("attention_memory.py", ["--config=tiny", "--block_sizes=128"], "| h100-1 | 128 |",
+                 marks=NEEDS_TPU_AND_GPU),
 ])
 def test_benchmark_script_runs(name, args, expected, shakespeare_path):
     out = run_script(name, *args, data_path=str(shakespeare_path), smoke=name == "generate_speed.py")

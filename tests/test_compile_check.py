@@ -10,6 +10,7 @@ import sys
 import jax
 import pytest
 
+from jaxgpt import eval as eval_command
 from jaxgpt import load_config, sample, train
 from jaxgpt.cli import run_cli
 from jaxgpt.core.config import TrainConfig
@@ -185,6 +186,21 @@ def test_sampling_gpt2_compiles_for_an_h100_without_its_weights(capsys):
     gpt2 = pretrained.model_config("gpt2")
     assert f"params {compile_check.format_bytes(124_439_808 * 4)}" in out  # float32 weights, one device
     assert gpt2.n_layer == 12 and gpt2.vocab_size == 50257
+
+
+@needs_tpu
+def test_scoring_gpt2_compiles_for_a_tpu_slice_without_its_weights(shakespeare_path, capsys):
+    """`eval --compile_for`: GPT-2's weights replicated on each of the 4 chips, the batches split over them."""
+    run_cli(eval_command.main, ["gpt2", f"--data_path={shakespeare_path}", "--compile_for=tpu-v5e-4",
+                                "--block_size=64", "--batch_size=4"])
+    out = capsys.readouterr().out
+    assert "eval: compiled for tpu-v5e-4 (4 x" in out and "evaluation" in out
+    assert f"params {compile_check.format_bytes(124_439_808 * 4)}" in out
+    with pytest.raises(SystemExit) as exit_info:
+        run_cli(eval_command.main, ["gpt2", f"--data_path={shakespeare_path}", "--compile_for=tpu-v5e-4",
+                                    "--block_size=2048"])
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err == "error: block_size must be in [1, 1024] (the model's context), got 2048\n"
 
 
 @needs_tpu

@@ -3,9 +3,10 @@
 `check_train(config, target)` builds the programs `python -m jaxgpt.train` would run with `config` (the train step
 with its steps per call and grad_accum, the evaluation, the sampler at the end) from the same code, on the
 target's devices (jaxgpt.system.targets), with abstract arguments: nothing is initialized, moved or run, and
-no weights are read (`--init_from` contributes its config). `check_sample` does the same for `python -m
-jaxgpt.sample`. Each program is compiled by the target's own compiler (libtpu, XLA:GPU) and measured from the
-compiled program: `memory_analysis()` per device; `cost_analysis()` FLOPs and bytes where the compiler gives them
+no weights are read (`--init_from` contributes its config). `check_sample` and `check_eval` do the same for
+`python -m jaxgpt.sample` and `python -m jaxgpt.eval`. Each program is compiled by the target's own compiler
+(libtpu, XLA:GPU) and measured from the compiled program: `memory_analysis()` per device; `cost_analysis()` FLOPs
+and bytes where the compiler gives them
 (TPU), jaxgpt's count (core/mfu.py) where not (GPU).
 
 The figures are compiled, not run: the step time is a lower bound (peak FLOP/s and memory bandwidth), and the
@@ -34,7 +35,7 @@ from jaxgpt.core.model import build_model, count_params, init_params
 from jaxgpt.core.optim import make_optimizer
 from jaxgpt.core.sampling import Sampling, cached_program_options, generate_cached
 from jaxgpt.data.text import load_dataset
-from jaxgpt.run.evaluate import full_eval_batches
+from jaxgpt.run.evaluate import check_block_size, full_eval_batches
 from jaxgpt.run.step import TrainState, make_train_step, resolved_steps_per_call
 from jaxgpt.run.training import make_batches
 from jaxgpt.system import sharding
@@ -271,10 +272,7 @@ def check_train(config: TrainConfig, target: Target, log: Callable[[str], None] 
     token_bytes = _spec(np.asarray(dataset.tokenizer.token_bytes()), replicated)
     split_sums = make_split_sums(model, placement)
     if config.eval_mode == "full":
-        batches_per_call = full_eval_batches(len(dataset.val), config.batch_size, config.block_size)
-        shape = (batches_per_call, config.batch_size, config.block_size)
-        windows = jax.ShapeDtypeStruct((*shape[:2], shape[2] + 1), jnp.int32, sharding=replicated)
-        counted = jax.ShapeDtypeStruct(shape, jnp.bool_, sharding=replicated)
+        windows, counted = _whole_split_windows(len(dataset.val), config.batch_size, config.block_size, replicated)
     else:
         windows = batches.eval_windows_spec("val")
         counted = jax.ShapeDtypeStruct((*windows.shape[:2], windows.shape[2] - 1), jnp.bool_, sharding=replicated)
@@ -287,6 +285,15 @@ def check_train(config: TrainConfig, target: Target, log: Callable[[str], None] 
     optimizer_bytes = _per_device_bytes(abstract.opt_state, placement.state.opt_state)
     return Report(target, "train", programs, params_bytes, optimizer_bytes, model_flops, config.max_iters,
                   _peak_flops(devices[0], config.model.dtype), _train_fixes(config, mesh))
+
+
+def _whole_split_windows(n_tokens: int, batch_size: int, block_size: int,
+                         where: NamedSharding) -> tuple[jax.ShapeDtypeStruct, jax.ShapeDtypeStruct]:
+    """The windows (batches, B, T + 1) and counted targets (batches, B, T) of one call of `whole_split_loss` over a
+    split of `n_tokens`."""
+    shape = (full_eval_batches(n_tokens, batch_size, block_size), batch_size, block_size)
+    return (jax.ShapeDtypeStruct((*shape[:2], block_size + 1), jnp.int32, sharding=where),
+            jax.ShapeDtypeStruct(shape, jnp.bool_, sharding=where))
 
 
 def _train_fixes(config: TrainConfig, mesh: jax.sharding.Mesh) -> tuple[str, ...]:
@@ -322,6 +329,35 @@ def check_sample(model: GPTConfig, target: Target, *, dtype: str, prompt_len: in
         fixes.append(f"--num_samples={num_samples // 2}")
     return Report(one, "sample", [program], params_bytes, 0, None, 0, _peak_flops(devices[0], model.dtype),
                   tuple(fixes))
+
+
+def check_eval(source: str, target: Target, *, data_path: str | None, split: str, batch_size: int,
+               block_size: int | None, dtype: str) -> Report:
+    """Compile for `target` the program `python -m jaxgpt.eval SOURCE` runs over `split` of `data_path`: the weights
+    (their config alone, `pretrained.model_config`) in `dtype`, replicated; each call scores up to
+    FULL_EVAL_BATCHES batches of `batch_size` windows, the batches split over the devices. The data gives the
+    split's length; its tokenizer is not checked against the weights' (a hub model's is a download): the
+    command does that when it runs."""
+    devices = target_devices(target)
+    model = pretrained.for_inference(pretrained.model_config(source), dtype).resolved(target.platform)
+    block_size = model.block_size if block_size is None else block_size
+    check_block_size(block_size, model)
+    dataset = load_dataset(data_path, block_size)
+    tokens = dataset.train if split == "train" else dataset.val
+    mesh = sharding.make_mesh(devices=devices)
+    sharding.check_batch_size(batch_size, mesh)
+    abstract = jax.eval_shape(lambda: pretrained.cast_params(init_params(model, jax.random.key(0)), dtype))
+    placement = sharding.Placement.for_state(mesh, abstract)
+    windows, counted = _whole_split_windows(len(tokens), batch_size, block_size, placement.replicated)
+    token_bytes = jax.ShapeDtypeStruct((model.vocab_size,), np.asarray(dataset.tokenizer.token_bytes()).dtype,
+                                       sharding=placement.replicated)
+    program = Program.measure("evaluation", make_split_sums(build_model(model), placement).lower(
+        _specs(abstract, placement.state), windows, counted, token_bytes))
+    fixes = ["--dtype=bfloat16"] if dtype == "float32" else []
+    if batch_size % 2 == 0 and (batch_size // 2) % sharding.batch_shards(mesh) == 0:
+        fixes.append(f"--batch_size={batch_size // 2}")
+    return Report(target, "eval", [program], _per_device_bytes(abstract, placement.state), 0, None, 0,
+                  _peak_flops(devices[0], model.dtype), tuple(fixes))
 
 
 def _peak_flops(device: jax.Device, dtype: str) -> float:

@@ -61,7 +61,8 @@ class Score:
     block_size: int
 
 
-def _check_block_size(block_size: int, config: GPTConfig) -> None:
+def check_block_size(block_size: int, config: GPTConfig) -> None:
+    """Refuse windows longer than the model's context (UsageError)."""
     if not 1 <= block_size <= config.block_size:
         raise UsageError(f"block_size must be in [1, {config.block_size}] (the model's context), got {block_size}")
 
@@ -70,7 +71,7 @@ def score(config: GPTConfig, params, tokens: np.ndarray, token_bytes: np.ndarray
           block_size: int) -> Score:
     """The `Score` of `params` (a `config` model) over the split `tokens` (N,), in consecutive windows of
     `block_size` <= config.block_size, `batch_size` windows per batch; `token_bytes` (V,) from the tokenizer."""
-    _check_block_size(block_size, config)
+    check_block_size(block_size, config)
     if len(tokens) < 2:
         raise UsageError(f"the split has {len(tokens)} tokens; scoring needs at least 2")
     mesh = sharding.make_mesh()
@@ -99,7 +100,7 @@ def evaluate(source: str, data_path: str | os.PathLike | None = None, split: Spl
     config, params, tokenizer = pretrained.load(source, dtype)
     config = pretrained.for_inference(config, dtype)
     block_size = config.block_size if block_size is None else block_size
-    _check_block_size(block_size, config)  # before the data is read
+    check_block_size(block_size, config)  # before the data is read
     dataset = load_dataset(data_path, block_size)
     tokenizer = pretrained.check_data_tokenizer(source, tokenizer, config.vocab_size, str(data_path or "the data"),
                                                 dataset.tokenizer)
