@@ -23,6 +23,7 @@ from jaxgpt.run.step import TrainState, make_train_step
 from jaxgpt.run.training import make_batches
 from jaxgpt.store.rundir import RunDir
 from jaxgpt.system import sharding, targets
+from jaxgpt.system.errors import UsageError
 from jaxgpt.system.targets import TARGETS, find_target, missing_library
 from jaxgpt.weights import pretrained
 
@@ -147,6 +148,31 @@ def test_train_compile_for_prints_the_table_and_exits_0(shakespeare_path):
     assert result.stderr == ""
 
 
+@needs_tpu
+def test_a_second_compile_for_finds_nothing_of_the_first_in_jaxs_cache(shakespeare_path, tmp_path, monkeypatch):
+    """Programs for absent devices are kept out of JAX's persistent cache: reading one back fails with a warning."""
+    monkeypatch.setenv("JAX_COMPILATION_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setenv("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+    for _ in range(2):
+        result = _cli(["-m", "jaxgpt.train", "--config=tiny", f"--data_path={shakespeare_path}",
+                       "--compile_for=tpu-v5e-1", "--sample_chars=0"])
+        assert result.returncode == 0 and result.stderr == "", result.stderr
+    assert not any(path.name.startswith("jit_train_steps") for path in (tmp_path / "cache").glob("*"))
+
+
+@needs_tpu
+def test_fsdp_inside_each_slice_of_a_two_slice_tpu(shakespeare_path):
+    """tpu-v5e-8x2: FSDP over a slice's 8 chips, the data axis across the 2 slices (their slow link carries only the
+    gradients' reduction); an --fsdp wider than a slice is one line."""
+    report = check_train(tiny(shakespeare_path, fsdp=8, batch_size=16, sample_chars=0), find_target("tpu-v5e-8x2"),
+                         log=lambda _: None)
+    assert report.fit_problem() is None and report.target.devices == 16
+    mesh = sharding.make_mesh(8, targets.target_devices(find_target("tpu-v5e-8x2")))
+    assert [{device.slice_index for device in row} for row in mesh.devices] == [{0}, {1}]
+    with pytest.raises(UsageError, match="--fsdp=16 does not divide the 8 devices of one of the 2 slices"):
+        sharding.make_mesh(16, mesh.devices.flatten().tolist())
+
+
 def test_an_unknown_target_is_one_line_and_exit_2(shakespeare_path):
     result = _cli(["-m", "jaxgpt.train", "--config=tiny", "--compile_for=tpu-v9"])
     assert result.returncode == 2
@@ -156,11 +182,11 @@ def test_an_unknown_target_is_one_line_and_exit_2(shakespeare_path):
 
 def test_a_missing_library_is_one_line_and_exit_2(monkeypatch, capsys, shakespeare_path):
     monkeypatch.setattr(targets, "missing_library", lambda target: f"compiling for {target.name} needs libtpu "
-                        "(about 480 MB): pip install 'jaxgpt[tpu]'")
+                        "(about 680 MB): pip install 'jaxgpt[tpu]'")
     with pytest.raises(SystemExit) as exit_info:
         run_cli(train.main, ["--config=tiny", f"--data_path={shakespeare_path}", "--compile_for=tpu-v5e-1"])
     assert exit_info.value.code == 2
-    assert capsys.readouterr().err == ("error: compiling for tpu-v5e-1 needs libtpu (about 480 MB): "
+    assert capsys.readouterr().err == ("error: compiling for tpu-v5e-1 needs libtpu (about 680 MB): "
                                        "pip install 'jaxgpt[tpu]'\n")
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -91,8 +92,10 @@ def test_the_colab_notebooks_programs_compile_for_colabs_tpu(shakespeare_path, m
     sampler = check_sample(train_model(config), target, dtype="float32", prompt_len=1, num_samples=1,
                            max_new_tokens=1000, cache="recompute")
     assert sampler.fit_problem() is None
-    # the figure the notebook states
-    assert f"{format_bytes(train.train_step.peak_bytes)} of its" in notebook.cells[5].source
+    # the figure the notebook states, to its 2 digits (libtpu versions differ in the last: 1.75 GiB with 0.0.52,
+    # 1.77 GiB with 0.0.42.1, the one jax[tpu] pins)
+    stated = float(re.search(r"needs about ([\d.]+) GiB of its 16 GiB", notebook.cells[5].source)[1])
+    assert abs(train.train_step.peak_bytes / 2**30 - stated) <= 0.05, format_bytes(train.train_step.peak_bytes)
 
 
 def train_model(config):

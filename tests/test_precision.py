@@ -181,5 +181,5 @@ def test_bad_speed_settings(overrides, message):
 def test_bad_dtype_and_attention():
     with pytest.raises(UsageError, match="dtype must be one of auto, float32, bfloat16"):
         GPTConfig(dtype="float16")
-    with pytest.raises(UsageError, match="attention must be one of xla, dot_product, got 'flash'"):
+    with pytest.raises(UsageError, match="attention must be one of xla, dot_product, cudnn, splash, got 'flash'"):
         GPTConfig(attention="flash")

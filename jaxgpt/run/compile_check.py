@@ -76,8 +76,15 @@ class Program:
     @classmethod
     def measure(cls, name: str, lowered: jax.stages.Lowered, calls_per_step: float = 1.0,
                 loop_trips: int = 1) -> Program:
+        # A program for devices that are not here cannot be read back from JAX's persistent compilation cache
+        # (each read warns and compiles again): keep none there.
+        keep_after = jax.config.jax_persistent_cache_min_compile_time_secs
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", math.inf)
         started = time.perf_counter()
-        compiled = lowered.compile()
+        try:
+            compiled = lowered.compile()
+        finally:
+            jax.config.update("jax_persistent_cache_min_compile_time_secs", keep_after)
         seconds = time.perf_counter() - started
         memory = compiled.memory_analysis()
         costs = compiled.cost_analysis()

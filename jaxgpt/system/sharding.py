@@ -15,6 +15,7 @@ from typing import Any
 
 import jax
 import numpy as np
+from jax.experimental import mesh_utils
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
 from jaxgpt.system.errors import UsageError
@@ -37,8 +38,18 @@ def make_mesh(fsdp: int = 1, devices: list | None = None) -> Mesh:
         raise UsageError(f"--fsdp={fsdp} does not divide the {len(devices)} devices; "
                          f"use one of {', '.join(map(str, _divisors(len(devices))))}")
     # Auto axes: the compiler propagates shardings from the jit boundaries and the constraints we place.
-    return jax.make_mesh((len(devices) // fsdp, fsdp), MESH_AXES, axis_types=(AxisType.Auto,) * len(MESH_AXES),
-                         devices=devices)
+    axis_types = (AxisType.Auto,) * len(MESH_AXES)
+    slices = len({getattr(device, "slice_index", 0) for device in devices})
+    if slices == 1:
+        return jax.make_mesh((len(devices) // fsdp, fsdp), MESH_AXES, axis_types=axis_types, devices=devices)
+    # TPU slices joined by the data-center network: FSDP's gathers stay inside a slice (its fast links), and the
+    # data axis spans the slices, whose only traffic is the gradients' reduction
+    per_slice = len(devices) // slices
+    if per_slice % fsdp:
+        raise UsageError(f"--fsdp={fsdp} does not divide the {per_slice} devices of one of the {slices} slices; "
+                         f"use one of {', '.join(map(str, _divisors(per_slice)))}")
+    grid = mesh_utils.create_hybrid_device_mesh((per_slice // fsdp, fsdp), (slices, 1), devices)
+    return Mesh(grid, MESH_AXES, axis_types=axis_types)
 
 
 def batch_shards(mesh: Mesh) -> int:

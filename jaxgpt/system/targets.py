@@ -153,7 +153,7 @@ def _gpu_target_config(target: Target) -> str:
 def missing_library(target: Target) -> str | None:
     """One line saying what to install to compile for `target`, or None where it is installed."""
     if target.platform == "tpu" and importlib.util.find_spec("libtpu") is None:
-        return f"compiling for {target.name} needs libtpu (about 480 MB): {TPU_INSTALL}"
+        return f"compiling for {target.name} needs libtpu (about 680 MB): {TPU_INSTALL}"
     if target.platform == "gpu":
         try:
             cuda = importlib.util.find_spec("jax_plugins.xla_cuda12") and _package_version("nvidia-cudnn-cu12")
