@@ -149,6 +149,21 @@ def test_train_compile_for_prints_the_table_and_exits_0(shakespeare_path):
 
 
 @needs_tpu
+def test_a_program_the_tpu_compiler_refuses_as_too_big_is_one_line_and_exit_1(capsys, shakespeare_path):
+    """libtpu refuses to compile what cannot fit (RESOURCE_EXHAUSTED): the same one line as a program that
+    compiles but does not fit, with the compiler's figures and the flags to change."""
+    with pytest.raises(SystemExit) as exit_info:
+        run_cli(train.main, ["--config=tiny", f"--data_path={shakespeare_path}", "--compile_for=tpu-v5e-1",
+                             "--batch_size=1048576", "--steps_per_call=1", "--sample_chars=0"])
+    assert exit_info.value.code == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: on tpu-v5e-1 the train step (x1) does not fit a device (the compiler: Ran out of "
+                          "memory on HBM, the total memory required for HLO temporaries (")
+    assert err.endswith("; try --batch_size=524288 --grad_accum=2 (the same tokens per step, half the "
+                        "activations)\n") and len(err.splitlines()) == 1
+
+
+@needs_tpu
 def test_a_second_compile_for_finds_nothing_of_the_first_in_jaxs_cache(shakespeare_path, tmp_path, monkeypatch):
     """Programs for absent devices are kept out of JAX's persistent cache: reading one back fails with a warning."""
     monkeypatch.setenv("JAX_COMPILATION_CACHE_DIR", str(tmp_path / "cache"))

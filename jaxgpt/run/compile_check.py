@@ -15,11 +15,12 @@ time at a stated MFU an estimate.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import jax
@@ -39,12 +40,27 @@ from jaxgpt.run.evaluate import check_block_size, full_eval_batches
 from jaxgpt.run.step import TrainState, make_train_step, resolved_steps_per_call
 from jaxgpt.run.training import make_batches
 from jaxgpt.system import sharding
+from jaxgpt.system.errors import JaxgptError
 from jaxgpt.system.targets import Target, target_devices
 from jaxgpt.weights import pretrained
 
 ASSUMED_MFU = 0.4  # the stated MFU of the time estimate: what a well-tuned small GPT reaches on these chips
 # Custom calls worth naming in the report: fused attention (cuDNN on GPU, Pallas/Mosaic kernels on TPU).
 _KERNELS = re.compile(r"__cudnn\$fmha\w*|tpu_custom_call")
+
+
+class ProgramTooBig(Exception):
+    """The target's compiler refused a program: it needs more memory than a device has (TPU: RESOURCE_EXHAUSTED)."""
+
+
+@contextlib.contextmanager
+def _too_big_is_one_line(target: Target, fixes: tuple[str, ...]) -> Iterator[None]:
+    """A program the compiler refuses as too big, said as `Report.fit_problem` says one that compiles but does not
+    fit: one line with the flags that shrink it (JaxgptError, exit 1)."""
+    try:
+        yield
+    except ProgramTooBig as err:
+        raise JaxgptError(f"on {target.name} {err}; try {' or '.join(fixes) or 'a smaller model'}") from None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -83,6 +99,11 @@ class Program:
         started = time.perf_counter()
         try:
             compiled = lowered.compile()
+        except jax.errors.JaxRuntimeError as err:
+            if "RESOURCE_EXHAUSTED" not in str(err):
+                raise
+            said = str(err).split("RESOURCE_EXHAUSTED: ", 1)[-1].splitlines()[0].rstrip(".")
+            raise ProgramTooBig(f"the {name} does not fit a device (the compiler: {said})") from None
         finally:
             jax.config.update("jax_persistent_cache_min_compile_time_secs", keep_after)
         seconds = time.perf_counter() - started
@@ -270,11 +291,8 @@ def check_train(config: TrainConfig, target: Target, log: Callable[[str], None] 
     steps_per_call = resolved_steps_per_call(config, model_flops)
     log(f"compiling for {target.name}: {n_params / 1e6:.2f} M parameters, {steps_per_call} step(s) per call")
 
-    programs = []
+    programs, fixes = [], _train_fixes(config, mesh)
     train_step = make_train_step(config, model, tx, placement, batches, steps_per_call)
-    programs.append(Program.measure(f"train step (x{steps_per_call})",
-                                    train_step.lower(state, batches.step_input_spec(steps_per_call)),
-                                    1 / steps_per_call, config.grad_accum))
     replicated = placement.replicated
     token_bytes = _spec(np.asarray(dataset.tokenizer.token_bytes()), replicated)
     split_sums = make_split_sums(model, placement)
@@ -283,15 +301,19 @@ def check_train(config: TrainConfig, target: Target, log: Callable[[str], None] 
     else:
         windows = batches.eval_windows_spec("val")
         counted = jax.ShapeDtypeStruct((*windows.shape[:2], windows.shape[2] - 1), jnp.bool_, sharding=replicated)
-    programs.append(Program.measure("evaluation", split_sums.lower(state.params, windows, counted, token_bytes)))
-    if config.sample_chars:
-        programs.append(Program.measure("sampler", _sampler(config.model, state.params, replicated, 1, 1,
-                                                            config.sample_chars)))
+    with _too_big_is_one_line(target, fixes):
+        programs.append(Program.measure(f"train step (x{steps_per_call})",
+                                        train_step.lower(state, batches.step_input_spec(steps_per_call)),
+                                        1 / steps_per_call, config.grad_accum))
+        programs.append(Program.measure("evaluation", split_sums.lower(state.params, windows, counted, token_bytes)))
+        if config.sample_chars:
+            programs.append(Program.measure("sampler", _sampler(config.model, state.params, replicated, 1, 1,
+                                                                config.sample_chars)))
     batches.close()
     params_bytes = _per_device_bytes(abstract.params, placement.state.params)
     optimizer_bytes = _per_device_bytes(abstract.opt_state, placement.state.opt_state)
     return Report(target, "train", programs, params_bytes, optimizer_bytes, model_flops, config.max_iters,
-                  _peak_flops(devices[0], config.model.dtype), _train_fixes(config, mesh))
+                  _peak_flops(devices[0], config.model.dtype), fixes)
 
 
 def _whole_split_windows(n_tokens: int, batch_size: int, block_size: int,
@@ -327,13 +349,14 @@ def check_sample(model: GPTConfig, target: Target, *, dtype: str, prompt_len: in
     where = NamedSharding(jax.sharding.Mesh(np.array(devices[:1]), ("one",)), PartitionSpec())
     abstract = jax.eval_shape(lambda: pretrained.cast_params(init_params(model, jax.random.key(0)), dtype))
     params = _specs(abstract, where)
-    program = Program.measure("sampler", _sampler(model, params, where, prompt_len, num_samples, max_new_tokens,
-                                                  cache))
-    params_bytes = _per_device_bytes(abstract, jax.tree_util.tree_map(lambda _: where, abstract))
-    one = dataclasses.replace(target, devices=1)
     fixes = ["--dtype=bfloat16"] if dtype == "float32" else []
     if num_samples > 1:
         fixes.append(f"--num_samples={num_samples // 2}")
+    with _too_big_is_one_line(target, tuple(fixes)):
+        program = Program.measure("sampler", _sampler(model, params, where, prompt_len, num_samples, max_new_tokens,
+                                                      cache))
+    params_bytes = _per_device_bytes(abstract, jax.tree_util.tree_map(lambda _: where, abstract))
+    one = dataclasses.replace(target, devices=1)
     return Report(one, "sample", [program], params_bytes, 0, None, 0, _peak_flops(devices[0], model.dtype),
                   tuple(fixes))
 
@@ -358,11 +381,12 @@ def check_eval(source: str, target: Target, *, data_path: str | None, split: str
     windows, counted = _whole_split_windows(len(tokens), batch_size, block_size, placement.replicated)
     token_bytes = jax.ShapeDtypeStruct((model.vocab_size,), np.asarray(dataset.tokenizer.token_bytes()).dtype,
                                        sharding=placement.replicated)
-    program = Program.measure("evaluation", make_split_sums(build_model(model), placement).lower(
-        _specs(abstract, placement.state), windows, counted, token_bytes))
     fixes = ["--dtype=bfloat16"] if dtype == "float32" else []
     if batch_size % 2 == 0 and (batch_size // 2) % sharding.batch_shards(mesh) == 0:
         fixes.append(f"--batch_size={batch_size // 2}")
+    with _too_big_is_one_line(target, tuple(fixes)):
+        program = Program.measure("evaluation", make_split_sums(build_model(model), placement).lower(
+            _specs(abstract, placement.state), windows, counted, token_bytes))
     return Report(target, "eval", [program], _per_device_bytes(abstract, placement.state), 0, None, 0,
                   _peak_flops(devices[0], model.dtype), tuple(fixes))
 
