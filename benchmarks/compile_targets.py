@@ -5,7 +5,8 @@
 
 Each row is `python -m jaxgpt.train --config=NAME --compile_for=TARGET [flags]`, in this process
 (jaxgpt.run.compile_check.check_train): per device the train step's peak memory and the largest program's, the
-params and optimizer state, FLOPs per step, the step-time lower bound, max_iters at the bound and at 40% MFU.
+params and optimizer state, FLOPs per step, the step-time lower bound, max_iters at the bound and at 40% MFU (or the
+bound where longer).
 Compiled, not run. `--data_prepared` is a prepared dataset (python -m jaxgpt.prepare) standing in for the GPT-2
 tokens of finetune_shakespeare: its programs depend on the data only through its form (memory-mapped tokens,
 gathered on the host) and on the vocabulary, which is the weights'.
@@ -64,7 +65,7 @@ def main() -> None:
     results = []
     print("| flags | target | compiles | train step peak / device (GiB) | largest program (GiB) | usable (GiB) "
           "| params + opt state / device (GiB) | GFLOP per step per device | step >= | max_iters >= "
-          f"| max_iters at {ASSUMED_MFU:.0%} MFU | compile (s) |")
+          f"| max_iters at {ASSUMED_MFU:.0%} MFU or the bound | compile (s) |")
     print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for flags, targets in table:
         config = parse_train_args(flags)

@@ -49,7 +49,8 @@ def test_tiny_compiles_its_train_step_evaluation_and_sampler(shakespeare_path, t
     assert [p.name.split(" (")[0] for p in report.programs] == ["train step", "evaluation", "sampler"]
     assert report.fit_problem() is None
     assert all(p.arguments > 0 and p.temporaries >= 0 for p in report.programs)
-    assert report.step_seconds_bound() > 0 and report.seconds_at_mfu() > 0
+    assert report.step_seconds_bound() > 0
+    assert report.seconds_at_mfu() >= report.steps * report.step_seconds_bound()  # never below the bound
     table = report.format()
     assert f"compiled for {target}" in table and "compiled, not run" in table
 

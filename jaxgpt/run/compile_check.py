@@ -183,10 +183,13 @@ class Report:
         return max(self.flops_per_step_per_device() / self.peak_flops, traffic / self.target.chip.bandwidth)
 
     def seconds_at_mfu(self, mfu: float = ASSUMED_MFU) -> float | None:
-        """max_iters steps at `mfu` of the target's peak, counting jaxgpt's model FLOPs (as MFU does)."""
-        if self.model_flops_per_step is None:
+        """max_iters steps at `mfu` of the target's peak, counting jaxgpt's model FLOPs (as MFU does), or at the
+        lower bound where that is longer: a step bound by memory traffic is never faster than its bound."""
+        bound = self.step_seconds_bound()
+        if self.model_flops_per_step is None or bound is None:
             return None
-        return self.steps * self.model_flops_per_step / (mfu * self.peak_flops * self.target.devices)
+        at_mfu = self.model_flops_per_step / (mfu * self.peak_flops * self.target.devices)
+        return self.steps * max(at_mfu, bound)
 
     def format(self) -> str:
         """The report as a table: one row per program, then the state and the time lines."""
@@ -211,8 +214,8 @@ class Report:
             lines.append(f"  FLOPs per step per device: {self.flops_per_step_per_device():.3e} ({source}); "
                          f"jaxgpt's count: {self.model_flops_per_step / self.target.devices:.3e}")
             lines.append(f"  step time >= {format_duration(bound)} (peak FLOP/s and HBM bandwidth); "
-                         f"{self.steps:,} steps >= {format_duration(bound * self.steps)}, at {ASSUMED_MFU:.0%} MFU "
-                         f"{format_duration(self.seconds_at_mfu())}")
+                         f"{self.steps:,} steps >= {format_duration(bound * self.steps)}, about "
+                         f"{format_duration(self.seconds_at_mfu())} at {ASSUMED_MFU:.0%} MFU or the bound")
         return "\n".join(lines)
 
 
