@@ -11,8 +11,10 @@ consecutive windows, every val token once, as jaxgpt's `eval_mode=full`; both si
 
     JAXGPT_DATA=path/to/input.txt python benchmarks/vs_nanogpt.py [--sizes=s,m] [--rounds=3]
 
-Known differences, none of which changes the work per step: nanoGPT also decays its embedding tables (jaxgpt's
-`--decay_all_params=false` spares them) and scales the init of its residual projections.
+The recipes are the same in every detail that changes training: jaxgpt runs with `--decay_embeddings=true`
+(nanoGPT decays every matrix, embeddings included), `--warmup=nanogpt` (its warmup's first step is not 0) and
+`--scale_proj_init=true` (GPT-2's init of the residual projections); tests/test_parity.py holds the two sides
+to the same init and the same first steps.
 """
 
 from __future__ import annotations
@@ -155,7 +157,8 @@ def jaxgpt_run(data_path: str, size: tuple, eval_iters: int, seed: int) -> dict:
                  f"--checkpoint_interval={max_iters}", f"--eval_iters={eval_iters}", f"--seed={seed}",
                  "--eval_at_start=false", "--eval_mode=full",
                  "--dropout=0", "--activation=gelu", "--tie_embeddings=true", "--bias=false", "--lm_head_bias=false",
-                 "--qkv_bias=false", "--lr_schedule=cosine", "--decay_all_params=false", "--progress=false",
+                 "--qkv_bias=false", "--scale_proj_init=true", "--lr_schedule=cosine", "--decay_all_params=false",
+                 "--decay_embeddings=true", "--warmup=nanogpt", "--progress=false",
                  "--sample_chars=0", f"--data_path={data_path}", f"--out_dir={out_dir}",
                  *(f"--{name}={value}" for name, value in RECIPE.items())]
         tic = time.perf_counter()

@@ -18,6 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch
+from flax import traverse_util
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from test_parity import EXAMPLES, PARITY, RTOL, WEIGHT_SCALES, Case, check_against_pytorch
@@ -274,6 +275,18 @@ def test_zero_init_proj_zeroes_only_the_output_projections():
         np.testing.assert_array_equal(block["ffwd"]["fc"]["kernel"], default[f"blocks_{i}"]["ffwd"]["fc"]["kernel"])
 
 
+def test_scale_proj_init_narrows_only_the_output_projections():
+    """GPT-2's init: the projections into the residual stream N(0, 0.02 / sqrt(2 * n_layer)), the rest as before."""
+    config = dataclasses.replace(TINY, scale_proj_init=True)
+    params, default = init_params(config, jax.random.key(0)), init_params(TINY, jax.random.key(0))
+    scale = 1 / np.sqrt(2 * TINY.n_layer)  # the same draws, scaled: normal(stddev) is stddev * a standard normal
+    for path, leaf in traverse_util.flatten_dict(params, sep="/").items():
+        expected = traverse_util.flatten_dict(default, sep="/")[path]
+        if path.endswith("proj/kernel"):
+            expected = expected * scale
+        np.testing.assert_allclose(leaf, expected, rtol=1e-6, err_msg=path)
+
+
 def test_rope_model_has_the_lecture_count_less_the_position_table():
     rope = GPTConfig(position="rope")  # the lecture's sizes: 10,788,929 - 256 x 384
     assert count_params(jax.eval_shape(lambda: init_params(rope, jax.random.key(0)))) == 10_788_929 - 256 * 384
@@ -312,6 +325,7 @@ def test_relu2_is_relu_squared():
         ({"logit_softcap": -1.0}, "logit_softcap must not be negative"),
         ({"rope_theta": 0.0}, "rope_theta must be positive"),
         ({"qk_norm": 1}, "qk_norm must be true or false"),
+        ({"zero_init_proj": True, "scale_proj_init": True}, "two inits of the same projections; set one"),
     ],
 )
 def test_bad_modern_options(kwargs, message):

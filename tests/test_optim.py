@@ -52,6 +52,34 @@ def test_decay_mask_spares_biases_norms_embeddings():
     assert not mask["token_embedding_table"]["embedding"]
 
 
+def test_decay_mask_with_embeddings_is_nanogpts_groups():
+    """nanoGPT decays every tensor of 2 or more dimensions: the matrices and the embedding tables."""
+    config = GPTConfig(vocab_size=5, block_size=4, n_layer=1, n_head=1, n_embd=8)
+    params = GPT(config).init(jax.random.key(0), jnp.zeros((1, 4), jnp.int32))["params"]
+    mask = decay_mask(params, embeddings=True)
+    assert jax.tree.leaves(mask) == [leaf.ndim >= 2 for leaf in jax.tree.leaves(params)]
+    assert mask["token_embedding_table"]["embedding"] and mask["position_embedding_table"]["embedding"]
+
+
+def test_decay_embeddings_needs_decay_all_params_false():
+    with pytest.raises(UsageError, match="decay_all_params=false"):
+        dataclasses.replace(BASE, decay_embeddings=True)
+
+
+@pytest.mark.parametrize("schedule", ["constant", "cosine"])
+def test_nanogpt_warmup_is_its_get_lr(schedule):
+    """warmup="nanogpt": step i < warmup_iters at lr * (i + 1) / (warmup_iters + 1), then what from_zero gives."""
+    config = dataclasses.replace(BASE, lr_schedule=schedule, warmup_iters=10, min_lr=1e-4, max_iters=100,
+                                 warmup="nanogpt")
+    sched, from_zero = learning_rate_schedule(config), learning_rate_schedule(dataclasses.replace(config,
+                                                                                                 warmup="from_zero"))
+    for i in range(10):
+        assert float(sched(i)) == pytest.approx(1e-3 * (i + 1) / 11, rel=1e-6)
+    assert float(from_zero(0)) == 0.0
+    for i in (10, 11, 55, 99, 100):
+        assert float(sched(i)) == pytest.approx(float(from_zero(i)), rel=1e-6)
+
+
 def test_weight_decay_is_torch_default_decoupled():
     """One AdamW step from zero gradients only decays: p <- p * (1 - lr * wd), as torch.optim.AdamW."""
     params = {"w": jnp.full((2, 2), 2.0)}

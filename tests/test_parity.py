@@ -31,11 +31,11 @@ from torch.nn import functional as F
 from torch_models import layout_config, random_params, torch_grads, torch_logits, torch_model, torch_state_dict
 
 from jaxgpt.core import model as model_module
-from jaxgpt.core.config import GPTConfig, TrainConfig
+from jaxgpt.core.config import GPTConfig, TrainConfig, load_config
 from jaxgpt.core.keys import step_keys
 from jaxgpt.core.layers import Dropout
 from jaxgpt.core.losses import cross_entropy
-from jaxgpt.core.model import GPT
+from jaxgpt.core.model import GPT, init_params
 from jaxgpt.core.optim import make_optimizer
 from jaxgpt.data.batches import get_batch
 from jaxgpt.run.step import TrainState, make_train_step
@@ -413,3 +413,104 @@ def test_dropout_with_the_same_masks_matches_pytorch(case):
     for name, exact in g64.items():
         assert_close(f"gradient of {name}", jax_grads[name], exact, [p[2][name] for p in perturbed],
                      max(float(exact.abs().max()), GRAD_FLOOR * largest))
+
+
+NANOGPT_OPTIONS = {"activation": "gelu", "tie_embeddings": True, "bias": False, "lm_head_bias": False, "dropout": 0.0}
+
+
+def nanogpt_recipe(**model_sizes) -> TrainConfig:
+    """configs/shakespeare_char.py with the nanoGPT options (and, given sizes, a smaller model)."""
+    config = load_config("shakespeare_char")
+    return dataclasses.replace(config, model=dataclasses.replace(config.model, vocab_size=65, **NANOGPT_OPTIONS,
+                                                                 **model_sizes))
+
+
+def test_shakespeare_char_initializes_every_parameter_as_nanogpt_does():
+    """At shakespeare_char's own size, each parameter's mean and standard deviation at init against nanoGPT's
+    model.py (the reference's own init under torch.manual_seed): the embeddings and every matrix N(0, 0.02), the
+    residual projections (c_proj) N(0, 0.02 / sqrt(2 * n_layer)), LayerNorm scales 1."""
+    config = nanogpt_recipe().model
+    ours = torch_state_dict(init_params(config, jax.random.key(0)), config, "nanogpt")
+    torch.manual_seed(0)
+    theirs = torch_model(config, "nanogpt").state_dict()
+    assert ours.keys() == theirs.keys()
+    for name, reference in theirs.items():
+        value, reference = ours[name].double(), reference.double()
+        if reference.std() == 0:  # LayerNorm scales
+            assert torch.equal(value, reference), name
+            continue
+        n = reference.numel()  # n >= 24,576 draws: the standard deviation is known to 1% (2 sigma of 1/sqrt(2n))
+        assert abs(value.std() / reference.std() - 1) < 0.02, (name, value.std().item(), reference.std().item())
+        assert abs(value.mean() - reference.mean()) < 5 * reference.std() / n**0.5, name
+    lecture = dataclasses.replace(config, scale_proj_init=False)  # the test can tell: its init is 3.5x wider there
+    lecture_init = torch_state_dict(init_params(lecture, jax.random.key(0)), config, "nanogpt")
+    c_proj = "transformer.h.0.mlp.c_proj.weight"
+    assert lecture_init[c_proj].std() > 3 * theirs[c_proj].std()
+
+
+def nanogpt_training(model: torch.nn.Module, config: TrainConfig, batches: list) -> tuple[list[float], dict]:
+    """nanoGPT's train.py on `batches` in float64: AdamW over its two groups (every tensor of 2+ dimensions decayed,
+    the rest not), its get_lr (warmup then cosine to min_lr at max_iters), clip_grad_norm_. Losses, final state."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    groups = [{"params": [p for p in params if p.dim() >= 2], "weight_decay": config.weight_decay},
+              {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
+    optimizer = torch.optim.AdamW(groups, lr=config.learning_rate, betas=(config.beta1, config.beta2))
+
+    def get_lr(it: int) -> float:  # nanoGPT's train.py
+        if it < config.warmup_iters:
+            return config.learning_rate * (it + 1) / (config.warmup_iters + 1)
+        ratio = (it - config.warmup_iters) / (config.max_iters - config.warmup_iters)
+        return config.min_lr + 0.5 * (1.0 + np.cos(np.pi * ratio)) * (config.learning_rate - config.min_lr)
+
+    losses = []
+    for it, (x, y) in enumerate(batches):
+        for group in optimizer.param_groups:
+            group["lr"] = get_lr(it)
+        _, loss = torch_loss(model, x, y)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        losses.append(loss.item())
+    return losses, model.state_dict()
+
+
+def jaxgpt_training(config: TrainConfig, params, data: jax.Array) -> tuple[list[float], dict, list]:
+    """jaxgpt.train's compiled step for config.max_iters steps: losses, final params, and the batches it drew."""
+    tx = make_optimizer(config)
+    state = TrainState.fresh(jax.tree.map(jnp.copy, params), tx)  # the step donates its state: keep `params`
+    placement = sharding.Placement.for_state(sharding.make_mesh(1, jax.devices()[:1]), state)
+    state = jax.device_put(state, placement.state)
+    train_step = make_train_step(config, GPT(config.model), tx, placement)
+    losses, batches = [], []
+    for i in range(config.max_iters):
+        batches.append(get_batch(step_keys(config.seed, i)[0], data, config.batch_size, config.block_size))
+        state, loss = train_step(state, data)
+        losses.append(float(loss))
+    return losses, state.params, batches
+
+
+def test_shakespeare_char_trains_as_nanogpts_train_py(shakespeare_text):
+    """From the same weights, shakespeare_char's recipe (warmup, cosine, beta2, decay groups, clipping) with the
+    nanoGPT options takes the steps nanoGPT's train.py takes: each step's loss, and every parameter after the last,
+    against a float64 reference. Each recipe detail on its own moves the parameters 10x further than the bound."""
+    config = dataclasses.replace(nanogpt_recipe(block_size=16, n_layer=2, n_head=2, n_embd=32), batch_size=4,
+                                 max_iters=8, warmup_iters=3)  # 3 steps of warmup, 5 of cosine decay
+    chars = sorted(set(shakespeare_text))
+    data = jnp.asarray([chars.index(ch) for ch in shakespeare_text[:5000]], jnp.int32)
+    params = random_params(config.model, np.random.default_rng(0), scale=0.3)  # large enough that clipping acts
+    losses, final, batches = jaxgpt_training(config, params, data)
+    model = torch_model(config.model, "nanogpt").double()
+    model.load_state_dict(torch_state_dict(params, config.model, "nanogpt"))
+    reference_losses, reference = nanogpt_training(model, config, [tuple(map(np.asarray, b)) for b in batches])
+    np.testing.assert_allclose(losses, reference_losses, rtol=TRAIN_RTOL)
+
+    def distance(jax_params) -> float:
+        ours = torch_state_dict(jax_params, config.model, "nanogpt")
+        return max(float((ours[name].double() - reference[name]).abs().max()) for name in reference)
+
+    bound = 5e-6  # measured 8.4e-7 (AVX2); each change below moves them 2.5e-4 or more
+    assert distance(final) < bound
+    for change in ({"decay_embeddings": False}, {"warmup": "from_zero"}, {"grad_clip": 0.0}):
+        _, other, _ = jaxgpt_training(dataclasses.replace(config, **change), params, data)
+        assert distance(other) > 10 * bound, change

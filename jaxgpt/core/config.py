@@ -35,6 +35,7 @@ Attention = Literal["xla", "dot_product", "cudnn", "splash"]
 FUSED_ATTENTION = ("cudnn", "splash")  # kernels that never store the (T, T) weights: the accelerators' own
 DenseKernel = Literal["auto", "xla", "cpu"]
 LRSchedule = Literal["constant", "cosine"]
+Warmup = Literal["from_zero", "nanogpt"]
 Optimizer = Literal["adamw", "muon"]
 EvalMode = Literal["sampled", "full"]
 
@@ -127,6 +128,8 @@ class GPTConfig:
     norm: Norm = option("layernorm", "layernorm: the lecture's; rmsnorm: RMSNorm with a learned scale (no bias)")
     qk_norm: bool = option(False, "RMSNorm (learned scale over head_size) of each head's queries and keys, before RoPE")
     zero_init_proj: bool = option(False, "initialise the attention output and MLP output projections to zero")
+    scale_proj_init: bool = option(False, "initialise those projections with std 0.02 / sqrt(2 * n_layer), as GPT-2 "
+                                          "and nanoGPT do (the lecture: 0.02)")
     logit_softcap: float = option(0.0, "0: off; else logits = softcap * tanh(logits / softcap), in float32",
                                   non_negative)
     dtype: Dtype = option("auto", "matmul compute dtype; auto: float32 on CPU, bfloat16 on GPU/TPU")
@@ -149,6 +152,8 @@ class GPTConfig:
             raise UsageError(f"{', '.join(changed)} {'does' if len(changed) == 1 else 'do'} nothing for "
                              "model_type='bigram' (a (V, V) table of next-token logits); leave "
                              f"{'it' if len(changed) == 1 else 'them'} at the default or use model_type='gpt'")
+        if self.zero_init_proj and self.scale_proj_init:
+            raise UsageError("zero_init_proj and scale_proj_init are two inits of the same projections; set one")
         if self.attention in FUSED_ATTENTION and self.dropout:
             raise UsageError(f"attention={self.attention!r} has no dropout on the attention weights, got dropout="
                              f"{self.dropout}; set --dropout=0 or use --attention=xla (the lecture's, with dropout)")
@@ -189,7 +194,8 @@ class GPTConfig:
 _DEFAULTS = {field.name: field.default for field in dataclasses.fields(GPTConfig)}
 # The transformer's switches, which the bigram model (a table) has no use for: they must keep their defaults.
 TRANSFORMER_OPTIONS = ("activation", "tie_embeddings", "bias", "qkv_bias", "lm_head_bias", "layer_norm_eps",
-                       "position", "rope_theta", "norm", "qk_norm", "zero_init_proj", "logit_softcap", "attention")
+                       "position", "rope_theta", "norm", "qk_norm", "zero_init_proj", "scale_proj_init",
+                       "logit_softcap", "attention")
 # What else the bigram model does not use: sizes a config file may state (configs/bigram.py), refused as flags.
 TRANSFORMER_SIZES = ("n_layer", "n_head", "n_embd", "dropout", "dtype", "dense_kernel")
 
@@ -236,8 +242,12 @@ class TrainConfig:
     eps: float = option(1e-8, "AdamW epsilon", positive)
     weight_decay: float = option(0.01, "AdamW decoupled weight decay", non_negative)
     decay_all_params: bool = option(True, "false: no weight decay on biases, LayerNorm and embeddings")
+    decay_embeddings: bool = option(False, "with decay_all_params=false, decay the embedding tables too, as nanoGPT "
+                                           "does (every matrix)")
     lr_schedule: LRSchedule = option("constant", "constant, or cosine decay to min_lr at max_iters")
-    warmup_iters: int = option(0, "steps of linear warmup from 0, with either schedule", non_negative)
+    warmup_iters: int = option(0, "steps of linear warmup, with either schedule", non_negative)
+    warmup: Warmup = option("from_zero", "from_zero: step i at lr * i / warmup_iters (optax's; step 0 learns "
+                                         "nothing); nanogpt: lr * (i + 1) / (warmup_iters + 1)")
     min_lr: float = option(0.0, "where cosine decay ends", non_negative)
     grad_clip: float = option(0.0, "maximum global gradient norm; 0 disables clipping", non_negative)
     # Muon (Keller Jordan's; optax.contrib.muon) for the blocks' matrices: --optimizer=muon
@@ -269,6 +279,10 @@ class TrainConfig:
         if (tokens := self.grad_accum * self.batch_size * self.block_size) > INT32_MAX:
             raise UsageError(f"a step of grad_accum * batch_size * block_size = {tokens:,} tokens is more than the "
                              f"{INT32_MAX:,} (2**31 - 1) a step can index; lower --grad_accum or --batch_size")
+        if self.decay_embeddings and self.decay_all_params:
+            raise UsageError("decay_embeddings=true chooses the embeddings among the decayed parameters of "
+                             "decay_all_params=false, and decay_all_params=true decays them anyway; set "
+                             "--decay_all_params=false with it")
         if self.optimizer == "muon" and self.model.model_type == "bigram":
             raise UsageError("optimizer='muon' updates the transformer blocks' matrices, and model_type='bigram' has "
                              "none: it would train exactly as adamw; use optimizer='adamw'")

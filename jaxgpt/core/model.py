@@ -8,7 +8,7 @@ The defaults are the lecture's architecture. A few switches (`activation`, `tie_
 their checkpoints load into the same modules. The modern recipe is a few more, each off by default:
 rotary position embeddings (`position="rope"`), RMSNorm (`norm="rmsnorm"`), QK-norm (`qk_norm`),
 ReLU squared (`activation="relu2"`), zero-initialised output projections (`zero_init_proj`) and
-logit soft-capping (`logit_softcap`).
+logit soft-capping (`logit_softcap`). `scale_proj_init` is GPT-2's (and nanoGPT's) init of those projections.
 
 Mixed precision: parameters are float32 in training; `dtype` is the compute dtype of the matrix multiplies.
 The residual stream, LayerNorm, softmax and the loss stay in float32 (like torch.autocast), and so do
@@ -51,9 +51,21 @@ def compute_dtype(config: GPTConfig) -> jnp.dtype | None:
     return None if config.dtype == "float32" else jnp.dtype(config.dtype)
 
 
-def _dense(config: GPTConfig, features: int, name: str, use_bias: bool, zero_init: bool = False) -> nn.Dense:
+def _projection_init(config: GPTConfig) -> Callable:
+    """The init of a block's output projection into the residual stream (attention's and the MLP's): the
+    lecture's N(0, 0.02), zeros (`zero_init_proj`), or GPT-2's N(0, 0.02 / sqrt(2 * n_layer))
+    (`scale_proj_init`, nanoGPT's), which keeps the stream's variance from growing with the depth."""
+    if config.zero_init_proj:
+        return nn.initializers.zeros
+    if config.scale_proj_init:
+        return nn.initializers.normal(stddev=0.02 / np.sqrt(2 * config.n_layer))
+    return _weight_init
+
+
+def _dense(config: GPTConfig, features: int, name: str, use_bias: bool, projection: bool = False) -> nn.Dense:
+    """A Dense layer; `projection`: a block's output projection into the residual stream (its own init)."""
     dot_general = cpu_dense_dot_general if config.dense_kernel == "cpu" else jax.lax.dot_general
-    kernel_init = nn.initializers.zeros if zero_init else _weight_init
+    kernel_init = _projection_init(config) if projection else _weight_init
     return nn.Dense(features, use_bias=use_bias, dtype=compute_dtype(config), param_dtype=jnp.float32,
                     kernel_init=kernel_init, bias_init=nn.initializers.zeros, dot_general=dot_general, name=name)
 
@@ -229,7 +241,7 @@ class CausalSelfAttention(nn.Module):
         weights_dropout = functools.partial(Dropout(cfg.dropout), deterministic=deterministic)
         out = causal_attention(q, k, v, cfg.attention, weights_dropout, mask)  # (B, nh, T, hs)
         out = out.swapaxes(1, 2).reshape(B, T, C)  # heads concatenated
-        out = _dense(cfg, C, "proj", cfg.bias, zero_init=cfg.zero_init_proj)(out)
+        out = _dense(cfg, C, "proj", cfg.bias, projection=True)(out)
         return Dropout(cfg.dropout)(out, deterministic=deterministic)
 
     def _extend_cache(self, k: jax.Array, v: jax.Array, index: jax.Array,
@@ -271,7 +283,7 @@ class FeedForward(nn.Module):
         cfg = self.config
         x = _dense(cfg, 4 * cfg.n_embd, "fc", cfg.bias)(x)  # (B, T, 4C)
         x = _ACTIVATIONS[cfg.activation](x)
-        x = _dense(cfg, cfg.n_embd, "proj", cfg.bias, zero_init=cfg.zero_init_proj)(x)  # (B, T, C)
+        x = _dense(cfg, cfg.n_embd, "proj", cfg.bias, projection=True)(x)  # (B, T, C)
         return Dropout(cfg.dropout)(x, deterministic=deterministic)
 
 

@@ -3,6 +3,8 @@ an optional warmup + cosine schedule, clipping, decay mask."""
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import optax
 
@@ -10,32 +12,35 @@ from jaxgpt.core.config import TrainConfig
 
 
 def learning_rate_schedule(config: TrainConfig, peak: float | None = None) -> optax.Schedule:
-    """Constant, or cosine decay to `min_lr` over `max_iters`; either after `warmup_iters` of linear warmup.
+    """Constant, or cosine decay to `min_lr` over `max_iters`; either after `warmup_iters` of linear warmup, from 0
+    (step i at peak * i / warmup_iters) or, with `warmup="nanogpt"`, nanoGPT's peak * (i + 1) / (warmup_iters + 1).
 
     `peak` (default `learning_rate`) scales the whole schedule: Muon's is this shape with peak `muon_lr`, ending
     at `min_lr * muon_lr / learning_rate`."""
     peak, end = ((config.learning_rate, config.min_lr) if peak is None
                  else (peak, config.min_lr * peak / config.learning_rate))
+    start = peak / (config.warmup_iters + 1) if config.warmup == "nanogpt" else 0.0  # lr at step 0 of the warmup
     if config.lr_schedule == "cosine":
         return optax.warmup_cosine_decay_schedule(
-            init_value=0.0,
+            init_value=start,
             peak_value=peak,
             warmup_steps=config.warmup_iters,
             decay_steps=max(config.max_iters, config.warmup_iters + 1),
             end_value=end,
         )
     if config.warmup_iters:
-        warmup = optax.linear_schedule(0.0, peak, config.warmup_iters)
+        warmup = optax.linear_schedule(start, peak, config.warmup_iters)
         return optax.join_schedules([warmup, optax.constant_schedule(peak)], [config.warmup_iters])
     return optax.constant_schedule(peak)
 
 
-def decay_mask(params) -> object:
-    """True for matrices (Dense kernels); False for biases, LayerNorm scales and embedding tables."""
+def decay_mask(params, embeddings: bool = False) -> object:
+    """True for matrices (Dense kernels, and with `embeddings` the embedding tables: nanoGPT's every tensor of 2
+    or more dimensions); False for biases, norm scales and, without `embeddings`, the embedding tables."""
 
     def is_decayed(path, leaf) -> bool:
         names = [getattr(k, "key", "") for k in path]
-        return leaf.ndim >= 2 and "embedding" not in names
+        return leaf.ndim >= 2 and (embeddings or "embedding" not in names)
 
     return jax.tree_util.tree_map_with_path(is_decayed, params)
 
@@ -65,7 +70,7 @@ def make_optimizer(config: TrainConfig) -> optax.GradientTransformation:
         b2=config.beta2,
         eps=config.eps,
         weight_decay=config.weight_decay,
-        mask=None if config.decay_all_params else decay_mask,
+        mask=None if config.decay_all_params else functools.partial(decay_mask, embeddings=config.decay_embeddings),
     )
     if config.optimizer == "muon":
         muon = optax.contrib.muon(  # it sees only 2-D leaves, so its own Adam for the others stays unused

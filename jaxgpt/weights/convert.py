@@ -38,7 +38,8 @@ Layout = Literal["lecture", "nanogpt", "hf"]
 LAYOUTS: tuple[Layout, ...] = ("lecture", "nanogpt", "hf")
 
 # The modern options that no layout's PyTorch model has: a state_dict of any layout implies these values.
-# (zero_init_proj is absent: it changes only the initialisation, which a state_dict does not need to express.)
+# (zero_init_proj and scale_proj_init are absent: they change only the initialisation, which a state_dict does not
+# need to express.)
 _GPT2_ERA: dict[str, Any] = {"position": "learned", "norm": "layernorm", "qk_norm": False, "logit_softcap": 0.0}
 
 # GPTConfig fields that a layout implies (a state_dict does not record them). nanoGPT also has qkv_bias == bias.
