@@ -189,3 +189,56 @@ def test_a_model_trained_with_a_fused_kernel_samples_and_scores_here_with_xlas()
         config = GPTConfig(vocab_size=11, block_size=128, n_layer=1, n_head=2, n_embd=16, dropout=0.0,
                            attention=attention)
         assert for_inference(config, "float32").attention == "dot_product"
+
+
+# -- query blocks (the lecture's attention on CPU) -----------------------------------------------------------------
+
+
+@settings(max_examples=6, deadline=None)
+@given(T=st.sampled_from([96, 128, 130]), query_block=st.sampled_from([32, 48, 64]), seed=st.integers(0, 2**16))
+def test_query_blocks_equal_the_lectures_attention_in_values_and_gradients(T, query_block, seed):
+    """Blocks of queries, each against only the keys up to its end, ragged last block included, against the
+    lecture's one (T, T) block: outputs and the gradients of q, k and v, within float32 rounding."""
+    from jaxgpt.core.model import causal_attention
+
+    q, k, v = (jax.random.normal(key, (2, 3, T, 16)) for key in jax.random.split(jax.random.key(seed), 3))
+    probe = jax.random.normal(jax.random.key(seed + 1), q.shape)
+
+    def loss(block, q, k, v):
+        return (causal_attention(q, k, v, "xla", lambda weights: weights, query_block=block) * probe).sum()
+
+    np.testing.assert_allclose(causal_attention(q, k, v, "xla", lambda w: w, query_block=query_block),
+                               _lecture_attention(q, k, v), atol=2e-6, rtol=2e-6)
+    blocked, whole = (jax.grad(loss, argnums=(1, 2, 3))(block, q, k, v) for block in (query_block, None))
+    for got, want in zip(blocked, whole, strict=True):
+        np.testing.assert_allclose(got, want, atol=1e-5, rtol=1e-5)
+
+
+def test_query_blocks_skip_the_masked_scores():
+    """The point of the blocks: T = 256 in blocks of 64 computes 10 of the 16 (64, 64) score blocks."""
+    from jaxgpt.core.model import causal_attention
+
+    q = jnp.zeros((1, 1, 256, 8))
+
+    def score_elements(block):
+        hlo = jax.jit(lambda q: causal_attention(q, q, q, "xla", lambda w: w, query_block=block)).lower(q).as_text()
+        shapes = [line.split("tensor<")[-1] for line in hlo.splitlines() if "exponential" in line]
+        return sum(int(np.prod([int(n) for n in shape.split("x")[:-1]])) for shape in shapes)
+
+    assert score_elements(64) == 10 * 64 * 64 and score_elements(None) == 256 * 256
+
+
+def test_query_blocks_leave_dropout_to_the_lectures_one_block():
+    """While attention weights are dropped (training with dropout), the model keeps the lecture's (T, T) mask and
+    random draws: the same logits bit for bit whatever query_block says; without dropout, equal within rounding."""
+    config = GPTConfig(vocab_size=11, block_size=128, n_layer=1, n_head=2, n_embd=16, dropout=0.1)
+    idx = jax.random.randint(jax.random.key(1), (2, 128), 0, 11)
+    params = init(config)
+
+    def logits(query_block, deterministic):
+        cfg = GPTConfig(**{**config.__dict__, "query_block": query_block})
+        return GPT(cfg).apply({"params": params}, idx, deterministic=deterministic,
+                              rngs={"dropout": jax.random.key(2)})
+
+    np.testing.assert_array_equal(logits(32, False), logits(128, False))
+    np.testing.assert_allclose(logits(32, True), logits(128, True), atol=2e-6, rtol=2e-6)

@@ -49,6 +49,15 @@ def test_auto_dtype_is_float32_on_cpu_and_bfloat16_on_accelerators():
     assert GPTConfig().resolved("cpu").dense_kernel == "cpu" and GPTConfig().resolved("gpu").dense_kernel == "xla"
 
 
+def test_auto_query_block_is_64_on_cpu_from_block_size_256_and_one_block_elsewhere():
+    assert GPTConfig(block_size=256).resolved("cpu").query_block == 64
+    assert GPTConfig(block_size=300).resolved("cpu").query_block == 64
+    assert GPTConfig(block_size=128).resolved("cpu").query_block == 128  # one block
+    assert GPTConfig(block_size=255).resolved("cpu").query_block == 255
+    assert GPTConfig(block_size=256).resolved("gpu").query_block == GPTConfig().resolved("tpu").query_block == 256
+    assert GPTConfig(block_size=256, query_block=32).resolved("gpu").query_block == 32
+
+
 def test_bfloat16_compute_keeps_float32_params_and_is_close_to_float32():
     params = init(CONFIG)
     bf16 = dataclasses.replace(CONFIG, dtype="bfloat16")

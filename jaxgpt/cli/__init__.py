@@ -20,7 +20,7 @@ import simple_parsing
 
 from jaxgpt.core.config import HOW_TO_COMPUTE, GPTConfig, TrainConfig, load_config, sizes_unused_by
 from jaxgpt.core.mfu import step_activation_bytes
-from jaxgpt.system import allocator, targets
+from jaxgpt.system import allocator, targets, xla_flags
 from jaxgpt.system.errors import JaxgptError, UsageError
 from jaxgpt.system.interrupt import Terminated
 from jaxgpt.system.logs import quiet_checkpoint_failures
@@ -171,8 +171,8 @@ def _check_init_from_flags(argv: list[str], config: TrainConfig) -> None:
     shape = sorted(given & SHAPE_FLAGS)
     if config.init_from and not config.resume and shape:
         raise UsageError(f"{', '.join(f'--{name}' for name in shape)} cannot be set with --init_from: the model is "
-                         "the weights' (--dropout, --block_size (a smaller one crops), --dtype, --attention and "
-                         "--dense_kernel may be set)")
+                         "the weights' (--dropout, --block_size (a smaller one crops), --dtype, --attention, "
+                         "--dense_kernel and --query_block may be set)")
 
 
 def worth_keeping(config: TrainConfig) -> bool:
@@ -186,6 +186,7 @@ def worth_keeping(config: TrainConfig) -> bool:
 def run_cli(main: Callable[[list[str] | None], None], argv: list[str] | None = None) -> None:
     """Run a command's `main`, turning a `JaxgptError` into one line on stderr and its exit status."""
     allocator.keep_freed_memory()  # before JAX starts its threads
+    xla_flags.set_cpu_flags()  # before its backend starts
     quiet_checkpoint_failures()
     try:
         main(argv)

@@ -60,6 +60,10 @@ def seed_range(value: int) -> str | None:
 
 
 INT32_MAX = 2**31 - 1  # counts and sizes reach the compiled programs as int32
+# Query positions per block of the lecture's attention on CPU (query_block=0, auto) from block_size 256 up: the whole
+# step at the sweep's T = 256 ran 14% faster than with one block; at T = 128 no gain beyond the noise, so one block
+# there (benchmarks/RESULTS.md, issue 25).
+CPU_QUERY_BLOCK = 64
 
 
 def option(default: Any, help: str, rule: Rule | None = None, *, flag: bool = True) -> Any:
@@ -138,6 +142,10 @@ class GPTConfig:
                                          "Pallas splash attention kernel (TPU, block_size a multiple of 128); "
                                          "cudnn and splash have no dropout")
     dense_kernel: DenseKernel = option("auto", "Dense layers' matmul; auto: cpu (a faster backward) on CPU, else xla")
+    query_block: int = option(0, "attention=xla without dropout on the weights: queries in blocks of this many "
+                                 "positions, each against only the keys up to its end (the masked upper triangle "
+                                 "is skipped; equal within float32 rounding); 0: auto, 64 on CPU for block_size >= "
+                                 "256, else block_size (one block)", non_negative)
     model_type: ModelType = option("gpt", "gpt: the lecture's transformer; bigram: its first model, a (V, V) table")
 
     def __post_init__(self) -> None:
@@ -183,12 +191,15 @@ class GPTConfig:
         return config
 
     def with_auto_choices(self, backend: str | None = None) -> GPTConfig:
-        """The "auto" dtype and dense_kernel made for `backend` (default: JAX's default backend); nothing checked:
-        the model applies it where it is traced, which may be for another device than this process's."""
+        """The "auto" dtype, dense_kernel and query_block made for `backend` (default: JAX's default backend);
+        nothing checked: the model applies it where it is traced, which may be for another device than this
+        process's."""
         backend = backend or jax.default_backend()
         dtype = ("float32" if backend == "cpu" else "bfloat16") if self.dtype == "auto" else self.dtype
         kernel = ("cpu" if backend == "cpu" else "xla") if self.dense_kernel == "auto" else self.dense_kernel
-        return dataclasses.replace(self, dtype=dtype, dense_kernel=kernel)
+        query_block = self.query_block or (
+            CPU_QUERY_BLOCK if backend == "cpu" and self.block_size >= 4 * CPU_QUERY_BLOCK else self.block_size)
+        return dataclasses.replace(self, dtype=dtype, dense_kernel=kernel, query_block=query_block)
 
 
 _DEFAULTS = {field.name: field.default for field in dataclasses.fields(GPTConfig)}
@@ -197,7 +208,7 @@ TRANSFORMER_OPTIONS = ("activation", "tie_embeddings", "bias", "qkv_bias", "lm_h
                        "position", "rope_theta", "norm", "qk_norm", "zero_init_proj", "scale_proj_init",
                        "logit_softcap", "attention")
 # What else the bigram model does not use: sizes a config file may state (configs/bigram.py), refused as flags.
-TRANSFORMER_SIZES = ("n_layer", "n_head", "n_embd", "dropout", "dtype", "dense_kernel")
+TRANSFORMER_SIZES = ("n_layer", "n_head", "n_embd", "dropout", "dtype", "dense_kernel", "query_block")
 
 
 def sizes_unused_by(model: GPTConfig) -> tuple[frozenset[str], str]:
@@ -337,7 +348,7 @@ class TrainConfig:
 
 # GPTConfig fields that say how to compute, not what the weights mean: an exported model's config.json may change
 # them, and a run started from pretrained weights (--init_from) chooses them.
-HOW_TO_COMPUTE = frozenset({"dropout", "dtype", "attention", "dense_kernel"})
+HOW_TO_COMPUTE = frozenset({"dropout", "dtype", "attention", "dense_kernel", "query_block"})
 
 # Training fields that may change on resume without changing what is computed.
 FREE_ON_RESUME = frozenset({"eval_interval", "eval_iters", "eval_mode", "eval_at_start", "checkpoint_interval",

@@ -169,12 +169,16 @@ def _splash_on_one_device(q: jax.Array, k: jax.Array, v: jax.Array) -> jax.Array
 
 
 def causal_attention(q: jax.Array, k: jax.Array, v: jax.Array, implementation: Attention,
-                     dropout: Callable[[jax.Array], jax.Array], mask: jax.Array | None = None) -> jax.Array:
+                     dropout: Callable[[jax.Array], jax.Array], mask: jax.Array | None = None,
+                     query_block: int | None = None) -> jax.Array:
     """softmax(q k^T / sqrt(hs), causal) v for every head: q (B, nh, Tq, hs), k, v (B, nh, Tk, hs) -> like q.
 
     `mask` (Tq, Tk) says which keys each query sees; None means the plain causal mask (Tq == Tk).
 
-    "xla" is the lecture's explicit computation, with `dropout` applied to the attention weights.
+    "xla" is the lecture's explicit computation, with `dropout` applied to the attention weights. With the plain
+    causal mask and a `query_block` < Tq (no dropout: the caller passes None while it drops weights), the queries
+    go in blocks of that many positions, each against only the keys up to its last position: the scores of the
+    masked upper triangle beyond the block are never computed (`causal_query_blocks`).
     "dot_product" calls jax.nn.dot_product_attention (XLA's implementation: the same math); "cudnn" its cuDNN
     flash attention (GPU, bfloat16), "splash" the Pallas splash attention kernel (TPU): neither stores the
     (T, T) weights. The fused kernels take the plain causal mask; a sampler's cached steps (a `mask`) take XLA's.
@@ -189,6 +193,8 @@ def causal_attention(q: jax.Array, k: jax.Array, v: jax.Array, implementation: A
             return jax.nn.dot_product_attention(q, k, v, is_causal=True, implementation=kernel).swapaxes(1, 2)
         return jax.nn.dot_product_attention(q, k, v, mask=mask[None, None], implementation="xla").swapaxes(1, 2)
     Tq, hs = q.shape[2], q.shape[-1]
+    if mask is None and query_block and query_block < Tq:
+        return causal_query_blocks(q, k, v, query_block)
     if mask is None:
         mask = jnp.tril(jnp.ones((Tq, Tq), dtype=bool))  # the future does not talk to the past
     # affinities, scaled so that unit-variance q, k give unit-variance scores
@@ -197,6 +203,20 @@ def causal_attention(q: jax.Array, k: jax.Array, v: jax.Array, implementation: A
     wei = jnp.where(mask, wei, -jnp.inf)
     wei = dropout(jax.nn.softmax(wei, axis=-1))
     return jnp.einsum("bhqk,bhkd->bhqd", wei.astype(v.dtype), v)  # (B, nh, Tq, hs)
+
+
+def causal_query_blocks(q: jax.Array, k: jax.Array, v: jax.Array, query_block: int) -> jax.Array:
+    """The lecture's causal attention, q, k, v (B, nh, T, hs) -> like q, with the queries in blocks of
+    `query_block` positions, each against the keys up to its last position only: about half the scores and
+    softmax work at long contexts (T = 256 in blocks of 64: 10 of 16 score blocks). Each query still sees every
+    key before it, so the values equal one block's within float32 rounding (the same sums, in other orders)."""
+    T, outputs = q.shape[2], []
+    for start in range(0, T, query_block):
+        end = min(start + query_block, T)
+        sees = jnp.arange(start, end)[:, None] >= jnp.arange(end)[None, :]  # (end - start, end): keys up to itself
+        outputs.append(causal_attention(q[:, :, start:end], k[:, :, :end], v[:, :, :end], "xla",
+                                        lambda weights: weights, sees))
+    return jnp.concatenate(outputs, axis=2)  # (B, nh, T, hs)
 
 
 class CausalSelfAttention(nn.Module):
@@ -239,7 +259,9 @@ class CausalSelfAttention(nn.Module):
         if cache_index is not None:
             k, v, mask = self._extend_cache(k, v, cache_index, rolling)  # keys and values (B, nh, S, hs)
         weights_dropout = functools.partial(Dropout(cfg.dropout), deterministic=deterministic)
-        out = causal_attention(q, k, v, cfg.attention, weights_dropout, mask)  # (B, nh, T, hs)
+        drops_weights = cfg.dropout > 0 and not deterministic  # the lecture's (T, T) dropout mask: one block
+        query_block = None if drops_weights else cfg.query_block
+        out = causal_attention(q, k, v, cfg.attention, weights_dropout, mask, query_block)  # (B, nh, T, hs)
         out = out.swapaxes(1, 2).reshape(B, T, C)  # heads concatenated
         out = _dense(cfg, C, "proj", cfg.bias, projection=True)(out)
         return Dropout(cfg.dropout)(out, deterministic=deterministic)
