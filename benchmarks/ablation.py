@@ -2,7 +2,7 @@
 
     JAXGPT_DATA=path/to/input.txt python benchmarks/ablation.py [--config=speedrun] [--options=muon,rope] [--f=v ...]
 
-Runs the config as it is, then once with each of its modern options turned off (one at a time: the lecture's
+Runs the config as it is, then once with each modern option it uses turned off (one at a time: the lecture's
 choice, or for the untied head GPT-2's tied one), then with all of them off, keeping only the config's size and
 schedule. Every run is a whole
 `python -m jaxgpt.train` process with the same seed, steps and schedule; the val loss is over the whole val split
@@ -20,6 +20,7 @@ import subprocess
 import sys
 import tempfile
 
+from jaxgpt.cli import parse_train_args
 from jaxgpt.core.config import load_config
 from jaxgpt.store.rundir import RunDir
 
@@ -47,12 +48,17 @@ def run(config: str, data_path: str, flags: list[str]) -> tuple[float, float]:
     return last["val_loss"], last["tokens_per_sec"]
 
 
+def uses(config: str, off: list[str]) -> bool:
+    """Whether the config has the option on: turning it off changes the config."""
+    return parse_train_args([f"--config={config}", *off]) != parse_train_args([f"--config={config}"])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data_path", default=os.environ.get("JAXGPT_DATA"), help="tiny Shakespeare input.txt")
     parser.add_argument("--config", default="speedrun", help="the recipe to ablate (default: %(default)s)")
-    parser.add_argument("--options", default=",".join(OPTION_OFF), help="the options to take out one at a time "
-                        "(default: all of %(default)s)")
+    parser.add_argument("--options", default=",".join(OPTION_OFF), help="the options to take out one at a time, "
+                        "of those the config uses (default: all of %(default)s)")
     args, flags = parser.parse_known_args()
     base = load_config(args.config)
     tokens_per_step = base.batch_size * base.block_size
@@ -62,7 +68,8 @@ def main() -> None:
             tokens_per_step = tokens_per_step // getattr(base, name) * int(value)
 
     variants = {f"{args.config} as it is": []}
-    variants.update({f"without {option}": OPTION_OFF[option] for option in args.options.split(",")})
+    used = [option for option in args.options.split(",") if uses(args.config, OPTION_OFF[option])]
+    variants.update({f"without {option}": OPTION_OFF[option] for option in used})
     variants["every option off"] = [flag for choice in OPTION_OFF.values() for flag in choice]
     print(f"date: {datetime.datetime.now():%Y-%m-%d %H:%M}  machine: {platform.processor() or platform.machine()}, "
           f"{os.cpu_count()} cores  load: {os.getloadavg()[0]:.2f}")

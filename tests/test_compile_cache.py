@@ -62,3 +62,14 @@ def test_the_sample_cli_uses_it(tmp_path, small_text_file):
         assert result.returncode == 0, result.stderr
     programs = cached_programs(tmp_path / "xdg" / "jaxgpt" / "jax_compilation_cache")
     assert any(name.startswith("jit_generate_cached") for name in programs)
+
+
+@pytest.mark.parametrize("env, expected", [({}, "0.1"), ({"JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "2"}, "2.0")])
+def test_programs_of_a_tenth_of_a_second_are_kept_unless_jax_is_told_otherwise(tmp_path, env, expected):
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("JAX_")}
+    clean.update(XDG_CACHE_HOME=str(tmp_path / "xdg"), JAX_PLATFORMS="cpu", **env)
+    probe = ("from jaxgpt.system import compile_cache; compile_cache.enable_default(); import jax; "
+             "print(float(jax.config.jax_persistent_cache_min_compile_time_secs))")
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, env=clean, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == [expected]

@@ -116,3 +116,13 @@ def test_a_run_of_zero_steps_without_an_evaluation_writes_no_plot(tmp_path, shak
     lines = []
     train(config, log=lines.append)
     assert "no evaluation was made: no loss plot" in lines and not (tmp_path / "run" / "loss.png").exists()
+
+
+@pytest.mark.parametrize("plot", [True, False])
+def test_plot_false_writes_no_loss_plot(tmp_path, shakespeare_text, plot):
+    text = tmp_path / "small.txt"
+    text.write_text(shakespeare_text[:20_000], encoding="utf-8")
+    config = dataclasses.replace(load_config("tiny"), data_path=str(text), out_dir=str(tmp_path / "run"),
+                                 max_iters=2, eval_interval=2, progress=False, sample_chars=0, plot=plot)
+    train(config, log=lambda _: None)
+    assert (tmp_path / "run" / "loss.png").exists() == plot

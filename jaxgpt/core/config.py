@@ -275,6 +275,7 @@ class TrainConfig:
     sample_chars: int = option(500, "tokens (characters with the char tokenizer) of the sample printed at the end; "
                                     "0: none", non_negative)
     progress: bool = option(True, "progress bar between evaluations")
+    plot: bool = option(True, "write loss.png, the run's loss curves, at the end (needs matplotlib; ~2 s on a CPU)")
     peak_flops: float | None = option(None, "FLOP/s of all devices together, for MFU; none: look the devices up",
                                       positive)
     # scaling out (jaxgpt/system/sharding.py)
@@ -352,7 +353,7 @@ HOW_TO_COMPUTE = frozenset({"dropout", "dtype", "attention", "dense_kernel", "qu
 
 # Training fields that may change on resume without changing what is computed.
 FREE_ON_RESUME = frozenset({"eval_interval", "eval_iters", "eval_mode", "eval_at_start", "checkpoint_interval",
-                            "keep_checkpoints", "progress", "sample_chars", "out_dir", "overwrite", "resume",
+                            "keep_checkpoints", "progress", "plot", "sample_chars", "out_dir", "overwrite", "resume",
                             "data_path", "steps_per_call",
                             "init_from"})  # only a new run reads it; a resumed one continues from its checkpoint
 MUON_FIELDS = frozenset({"muon_lr", "muon_momentum", "muon_weight_decay"})  # no effect with optimizer="adamw"

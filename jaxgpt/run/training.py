@@ -71,7 +71,7 @@ def train(config: TrainConfig, log: Callable[[str], None] = print, stop: StopReq
     """
     with Run(config, log) as run:  # weights, data, mesh, run directory, state, checkpoints (resumed)
         interrupted = run.fit(stop)  # the loop
-        if not interrupted and run.is_main and (no_plot := write_loss_plot(run.run_dir)):
+        if not interrupted and config.plot and run.is_main and (no_plot := write_loss_plot(run.run_dir)):
             run.log(no_plot)
     if not interrupted and config.sample_chars:
         run.log(run.sample_text(config.sample_chars))
