@@ -196,3 +196,33 @@ def test_grad_accumulation_trains_and_counts_its_tokens(tmp_path, small_text_fil
         assert run.tokens_per_step == 2 * config.batch_size * config.block_size
         run.fit()
     assert run.history[-1]["val_loss"] < run.history[0]["val_loss"]
+
+
+@pytest.mark.parametrize("eval_mode", ["sampled", "full"])
+def test_the_evaluation_compiled_ahead_is_the_one_it_runs(tmp_path, small_text_file, eval_mode):
+    """`compile_evaluation_ahead` compiles exactly the programs `measure` calls: afterwards an evaluation compiles
+    nothing and reads nothing from the persistent cache."""
+    from jaxgpt.run.training import Run
+
+    compiles = []
+    armed = False
+
+    def on_duration(event, _duration, **_):
+        if armed and event == "/jax/core/compile/backend_compile_duration":
+            compiles.append(event)
+
+    def on_event(event, **_):
+        if armed and event == "/jax/compilation_cache/cache_hits":
+            compiles.append(event)
+
+    jax.monitoring.register_event_duration_secs_listener(on_duration)
+    jax.monitoring.register_event_listener(on_event)
+    config = tiny(tmp_path, small_text_file, max_iters=2, eval_interval=2, eval_iters=3, eval_mode=eval_mode)
+    with Run(config, log=lambda _: None) as run:
+        jax.block_until_ready(run.step())
+        run.trainer.compile_evaluation_ahead(len(run.dataset.val))
+        run.trainer._wait_for_evaluation_compile()
+        armed = True
+        run.evaluate()
+        armed = False
+    assert compiles == []

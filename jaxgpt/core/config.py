@@ -59,6 +59,23 @@ def seed_range(value: int) -> str | None:
     return None if 0 <= value < 2**32 else "must be in [0, 2**32)"
 
 
+TRACKERS = ("tensorboard", "wandb")
+
+
+def tracker_names(value: str) -> str | None:
+    names = value.split(",") if value else []
+    if any(name not in TRACKERS for name in names) or len(set(names)) < len(names):
+        return f"must be empty or a comma-separated list of {' and '.join(TRACKERS)}"
+    return None
+
+
+def step_window(value: str) -> str | None:
+    start, colon, stop = value.partition(":")
+    if value and not (colon and start.isdigit() and stop.isdigit() and int(start) < int(stop)):
+        return "must be empty or START:STOP, two step numbers with START < STOP (e.g. 10:20)"
+    return None
+
+
 INT32_MAX = 2**31 - 1  # counts and sizes reach the compiled programs as int32
 # Query positions per block of the lecture's attention on CPU (query_block=0, auto) from block_size 256 up: the whole
 # step at the sweep's T = 256 ran 14% faster than with one block; at T = 128 no gain beyond the noise, so one block
@@ -275,7 +292,13 @@ class TrainConfig:
     sample_chars: int = option(500, "tokens (characters with the char tokenizer) of the sample printed at the end; "
                                     "0: none", non_negative)
     progress: bool = option(True, "progress bar between evaluations")
+    health_metrics: bool = option(True, "each evaluation records the gradient norm, the fraction of steps clipped and "
+                                        "each parameter group's update/param RMS ratio (computed in the step)")
     plot: bool = option(True, "write loss.png, the run's loss curves, at the end (needs matplotlib; ~2 s on a CPU)")
+    log_to: str = option("", "experiment trackers, comma-separated: tensorboard, wandb; empty: none (metrics.jsonl "
+                             "always)", tracker_names)
+    profile: str = option("", "START:STOP: a jax.profiler trace of those steps in out_dir/profile/; empty: none",
+                          step_window)
     peak_flops: float | None = option(None, "FLOP/s of all devices together, for MFU; none: look the devices up",
                                       positive)
     # scaling out (jaxgpt/system/sharding.py)
@@ -353,8 +376,8 @@ HOW_TO_COMPUTE = frozenset({"dropout", "dtype", "attention", "dense_kernel", "qu
 
 # Training fields that may change on resume without changing what is computed.
 FREE_ON_RESUME = frozenset({"eval_interval", "eval_iters", "eval_mode", "eval_at_start", "checkpoint_interval",
-                            "keep_checkpoints", "progress", "plot", "sample_chars", "out_dir", "overwrite", "resume",
-                            "data_path", "steps_per_call",
+                            "keep_checkpoints", "progress", "health_metrics", "plot", "log_to", "profile",
+                            "sample_chars", "out_dir", "overwrite", "resume", "data_path", "steps_per_call",
                             "init_from"})  # only a new run reads it; a resumed one continues from its checkpoint
 MUON_FIELDS = frozenset({"muon_lr", "muon_momentum", "muon_weight_decay"})  # no effect with optimizer="adamw"
 

@@ -95,6 +95,8 @@ class Batches(Protocol):
 
     def eval_windows_spec(self, split: str) -> jax.ShapeDtypeStruct: ...
 
+    def compile_eval_windows(self, split: str) -> None: ...
+
     def prefetch(self, first_step: int, steps: int) -> None: ...
 
     def waited(self) -> float | None: ...
@@ -149,6 +151,10 @@ class DeviceBatches:
         key = jax.eval_shape(lambda: jax.random.key(0))
         windows = jax.eval_shape(self._eval_windows, self._split_spec(split), key)
         return jax.ShapeDtypeStruct(windows.shape, windows.dtype, sharding=self.placement.batch_along(1))
+
+    def compile_eval_windows(self, split: str) -> None:
+        """Compile the program `eval_windows(split, key)` runs, without running it."""
+        self._eval_windows.lower(self._split_spec(split), jax.eval_shape(lambda: jax.random.key(0))).compile()
 
     def prefetch(self, first_step: int, steps: int) -> None:
         """Nothing to prepare: the step draws its own windows."""
@@ -247,6 +253,9 @@ class HostBatches:
         c = self.config
         shape = (c.eval_iters, c.batch_size, c.block_size + 1)
         return jax.ShapeDtypeStruct(shape, jnp.int32, sharding=self.placement.batch_along(1))
+
+    def compile_eval_windows(self, split: str) -> None:
+        """Nothing worth compiling ahead: the windows are gathered on the host (their offsets' program is tiny)."""
 
     def _drop_ahead(self) -> None:
         for future in self._ahead.values():

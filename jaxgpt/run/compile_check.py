@@ -36,7 +36,7 @@ from jaxgpt.core.model import build_model, count_params, init_params
 from jaxgpt.core.optim import make_optimizer
 from jaxgpt.core.sampling import Sampling, cached_program_options, generate_cached
 from jaxgpt.data.text import load_dataset
-from jaxgpt.run.evaluate import check_block_size, full_eval_batches
+from jaxgpt.run.evaluate import check_block_size, whole_split_window_specs
 from jaxgpt.run.step import TrainState, make_train_step, resolved_steps_per_call
 from jaxgpt.run.training import make_batches
 from jaxgpt.system import sharding
@@ -300,7 +300,8 @@ def check_train(config: TrainConfig, target: Target, log: Callable[[str], None] 
     token_bytes = _spec(np.asarray(dataset.tokenizer.token_bytes()), replicated)
     split_sums = make_split_sums(model, placement)
     if config.eval_mode == "full":
-        windows, counted = _whole_split_windows(len(dataset.val), config.batch_size, config.block_size, replicated)
+        windows, counted = whole_split_window_specs(len(dataset.val), config.batch_size, config.block_size,
+                                                   replicated)
     else:
         windows = batches.eval_windows_spec("val")
         counted = jax.ShapeDtypeStruct((*windows.shape[:2], windows.shape[2] - 1), jnp.bool_, sharding=replicated)
@@ -317,15 +318,6 @@ def check_train(config: TrainConfig, target: Target, log: Callable[[str], None] 
     optimizer_bytes = _per_device_bytes(abstract.opt_state, placement.state.opt_state)
     return Report(target, "train", programs, params_bytes, optimizer_bytes, model_flops, config.max_iters,
                   _peak_flops(devices[0], config.model.dtype), fixes)
-
-
-def _whole_split_windows(n_tokens: int, batch_size: int, block_size: int,
-                         where: NamedSharding) -> tuple[jax.ShapeDtypeStruct, jax.ShapeDtypeStruct]:
-    """The windows (batches, B, T + 1) and counted targets (batches, B, T) of one call of `whole_split_loss` over a
-    split of `n_tokens`."""
-    shape = (full_eval_batches(n_tokens, batch_size, block_size), batch_size, block_size)
-    return (jax.ShapeDtypeStruct((*shape[:2], block_size + 1), jnp.int32, sharding=where),
-            jax.ShapeDtypeStruct(shape, jnp.bool_, sharding=where))
 
 
 def _train_fixes(config: TrainConfig, mesh: jax.sharding.Mesh) -> tuple[str, ...]:
@@ -381,7 +373,7 @@ def check_eval(source: str, target: Target, *, data_path: str | None, split: str
     sharding.check_batch_size(batch_size, mesh)
     abstract = jax.eval_shape(lambda: pretrained.cast_params(init_params(model, jax.random.key(0)), dtype))
     placement = sharding.Placement.for_state(mesh, abstract)
-    windows, counted = _whole_split_windows(len(tokens), batch_size, block_size, placement.replicated)
+    windows, counted = whole_split_window_specs(len(tokens), batch_size, block_size, placement.replicated)
     token_bytes = jax.ShapeDtypeStruct((model.vocab_size,), np.asarray(dataset.tokenizer.token_bytes()).dtype,
                                        sharding=placement.replicated)
     fixes = ["--dtype=bfloat16"] if dtype == "float32" else []

@@ -49,6 +49,15 @@ def full_eval_batches(n_tokens: int, batch_size: int, block_size: int) -> int:
     return min(FULL_EVAL_BATCHES, -(-n_windows // batch_size))
 
 
+def whole_split_window_specs(n_tokens: int, batch_size: int, block_size: int,
+                             where: jax.sharding.Sharding) -> tuple[jax.ShapeDtypeStruct, jax.ShapeDtypeStruct]:
+    """The windows (batches, B, T + 1) and counted targets (batches, B, T) of one call of `whole_split_loss` over a
+    split of `n_tokens`, placed by `where`: what its program is compiled for."""
+    shape = (full_eval_batches(n_tokens, batch_size, block_size), batch_size, block_size)
+    return (jax.ShapeDtypeStruct((*shape[:2], block_size + 1), jnp.int32, sharding=where),
+            jax.ShapeDtypeStruct(shape, jnp.bool_, sharding=where))
+
+
 @dataclasses.dataclass(frozen=True)
 class Score:
     """A model's loss over a split."""

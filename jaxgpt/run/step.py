@@ -24,19 +24,51 @@ from jaxgpt.data.batches import Batches, DeviceBatches
 from jaxgpt.system.sharding import Placement
 
 
+class Health(struct.PyTreeNode):
+    """Training-health numbers the step keeps (`health_metrics`), read by the host at evaluations only."""
+
+    grad_norm: jax.Array  # () float32: the last step's global gradient norm, before clipping
+    clipped_steps: jax.Array  # () int32: steps whose gradient norm was above grad_clip, since this state was made
+    update_ratio: dict[str, jax.Array]  # parameter group -> () float32: the last step's RMS(update) / RMS(params)
+
+    @classmethod
+    def fresh(cls, params) -> Health:
+        return cls(grad_norm=jnp.zeros((), jnp.float32), clipped_steps=jnp.zeros((), jnp.int32),
+                   update_ratio={group: jnp.zeros((), jnp.float32) for group in params})
+
+
 class TrainState(struct.PyTreeNode):
-    """What changes during training: the step count, parameters and optimizer state."""
+    """What changes during training: the step count, parameters and optimizer state (checkpointed), and what the
+    host checks (not checkpointed)."""
 
     step: jax.Array  # () int32
     params: Any
     opt_state: Any
     first_bad_step: jax.Array  # () int32: first step whose loss or params became non-finite; -1 while none
+    health: Health
 
     @classmethod
     def fresh(cls, params, tx: optax.GradientTransformation) -> TrainState:
         """Step 0: `params` with a new optimizer state."""
         return cls(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
-                   first_bad_step=jnp.full((), -1, jnp.int32))
+                   first_bad_step=jnp.full((), -1, jnp.int32), health=Health.fresh(params))
+
+
+def rms(tree) -> jax.Array:
+    """() float32: the root mean square of every element of `tree`."""
+    leaves = jax.tree_util.tree_leaves(tree)
+    return jnp.sqrt(sum(jnp.sum(jnp.square(leaf.astype(jnp.float32))) for leaf in leaves)
+                    / sum(leaf.size for leaf in leaves))
+
+
+def step_health(health: Health, grads, params, new_params, grad_clip: float) -> Health:
+    """`health` after one step: its gradient norm, whether clipping cut it (grad_clip > 0), and per top-level
+    parameter group (the embeddings, each block, the final norm, the head) RMS(update) / RMS(params)."""
+    grad_norm = optax.tree.norm(grads)
+    clipped = (grad_norm > grad_clip) if grad_clip > 0 else jnp.zeros((), bool)
+    ratio = {group: rms(jax.tree.map(jnp.subtract, new_params[group], params[group]))
+             / jnp.maximum(rms(params[group]), jnp.finfo(jnp.float32).tiny) for group in params}
+    return Health(grad_norm=grad_norm, clipped_steps=health.clipped_steps + clipped, update_ratio=ratio)
 
 
 def all_finite(tree) -> jax.Array:
@@ -92,7 +124,10 @@ def make_train_step(config: TrainConfig, model: LanguageModel, tx: optax.Gradien
         params = optax.apply_updates(state.params, updates)
         bad = ~jnp.isfinite(loss) | ~all_finite(params)  # a NaN/inf gradient makes the AdamW update NaN too
         first_bad_step = jnp.where(bad & (state.first_bad_step < 0), state.step, state.first_bad_step)
-        return TrainState(step=state.step + 1, params=params, opt_state=opt_state, first_bad_step=first_bad_step), loss
+        health = (step_health(state.health, grads, state.params, params, config.grad_clip)
+                  if config.health_metrics else state.health)
+        return state.replace(step=state.step + 1, params=params, opt_state=opt_state, first_bad_step=first_bad_step,
+                             health=health), loss
 
     def train_steps(state: TrainState, step_input: jax.Array) -> tuple[TrainState, jax.Array]:
         windows = batches.windows(step_input, state.step + jnp.arange(K))  # (K, A, B, T + 1)

@@ -30,9 +30,11 @@ from jaxgpt.data.batches import Batches, DeviceBatches, HostBatches
 from jaxgpt.data.text import Dataset
 from jaxgpt.data.tokenizers import default_prompt
 from jaxgpt.run.plot import write_loss_plot
+from jaxgpt.run.profiler import ProfileWindow
 from jaxgpt.run.resume import check_checkpoint, check_tokenizer_unchanged
 from jaxgpt.run.start import Start, initial_state, resolve_start
 from jaxgpt.run.step import TrainState
+from jaxgpt.run.trackers import Trackers, check_installed, chosen
 from jaxgpt.run.trainer import Trainer
 from jaxgpt.store.checkpoint import RunCheckpoints
 from jaxgpt.store.rundir import RunDir
@@ -107,6 +109,8 @@ class Run:
         self.run_dir = RunDir(self.config.out_dir)
         self.checkpoints: RunCheckpoints | None = None
         self.trainer: Trainer | None = None
+        self.trackers: Trackers | None = None
+        check_installed(self.config)
         if self.is_main:
             self.run_dir.acquire(self.log)  # the only writer from here on
         try:
@@ -138,6 +142,7 @@ class Run:
             self.restore()
         elif self.is_main:
             self._write_run_files()
+        self.trackers = Trackers(self.run_dir, chosen(config) if self.is_main else [], config, self.log)
         self.trainer.reset_clock()
 
     # -- the trainer's parts, as the run's --------------------------------------------------------------------
@@ -208,6 +213,7 @@ class Run:
         """Wait for the checkpoints being written, then release them and the run directory."""
         try:
             self.trainer.batches.close()
+            self.trackers.close()
             self.checkpoints.close()
         finally:
             self.run_dir.release()
@@ -217,6 +223,8 @@ class Run:
         try:
             if self.trainer is not None:
                 self.trainer.batches.close()
+            if self.trackers is not None:
+                self.trackers.close()
             if self.checkpoints is not None:
                 self.checkpoints.close()
         finally:
@@ -235,6 +243,7 @@ class Run:
                 self.run_dir.append_metrics(record)
             except OSError as err:
                 raise self.checkpoints.failure(f"writing {self.run_dir.metrics_file}", err) from None
+        self.trackers.log(record)
         self.log(f"step {record['step']}: train loss {record['train_loss']:.4f}, val loss {record['val_loss']:.4f}")
         return record
 
@@ -296,9 +305,13 @@ class Run:
         evals = set(eval_steps(config))
         bar = tqdm(initial=step, total=config.max_iters, disable=not (config.progress and self.is_main),
                    dynamic_ncols=True, leave=False, file=sys.stderr)
+        profile = ProfileWindow(config.profile if self.is_main else "", self.run_dir.profile, self.log)
         while step < config.max_iters and not stop.agreed(step):
+            profile.before_call(step, self.steps_per_call)
             loss = self.step()
+            self.trainer.compile_evaluation_ahead(len(self.dataset.val))  # the first time: beside the steps
             step += self.steps_per_call
+            profile.after_call(step, self.state)
             bar.update(self.steps_per_call)
             if step % PROGRESS_EVERY < self.steps_per_call:  # reading the loss waits for the device: not every step
                 self.raise_if_diverged()
@@ -313,6 +326,7 @@ class Run:
             if step in evals:
                 self.trainer.reset_clock()
         bar.close()
+        profile.close(step)
         if step < config.max_iters and self.last_saved != step:
             self.save()
         return step < config.max_iters

@@ -9,6 +9,9 @@
       unusable_checkpoints/    checkpoints found damaged on resume, moved out of the way
       params/                  exported weights only (e.g. converted models)
       loss.png                 loss curves
+      tensorboard/             TensorBoard event files (--log_to=tensorboard)
+      wandb/, wandb_id.txt     Weights & Biases' local files and the run's id, which --resume continues
+      profile/                 a jax.profiler trace of the --profile window
       .jaxgpt.lock, .jaxgpt.owner   while a process writes the run: its lock (see `RunDir.acquire`)
 
 A checkpoint's `meta` item (JSON) holds its step, seed, config, the sha256 of the training text and the
@@ -37,7 +40,9 @@ from jaxgpt.system.errors import JaxgptError, UsageError
 
 CONFIG, TOKENIZER, METRICS, PLOT = "config.json", TOKENIZER_FILE, "metrics.jsonl", "loss.png"
 CHECKPOINTS, BEST, UNUSABLE, PARAMS = "checkpoints", "checkpoints_best", "unusable_checkpoints", "params"
-ENTRIES = (CONFIG, TOKENIZER, METRICS, PLOT, CHECKPOINTS, BEST, UNUSABLE, PARAMS)  # what `--overwrite` removes
+TENSORBOARD, WANDB, WANDB_ID, PROFILE = "tensorboard", "wandb", "wandb_id.txt", "profile"
+ENTRIES = (CONFIG, TOKENIZER, METRICS, PLOT, CHECKPOINTS, BEST, UNUSABLE, PARAMS, TENSORBOARD, WANDB, WANDB_ID,
+           PROFILE)  # what `--overwrite` removes
 LOCK, OWNER = ".jaxgpt.lock", ".jaxgpt.owner"  # not part of a run: an out_dir holding only these is empty
 
 
@@ -50,6 +55,7 @@ class RunDir:
         self.metrics_file, self.plot_file = self.path / METRICS, self.path / PLOT
         self.checkpoints, self.best, self.unusable = self.path / CHECKPOINTS, self.path / BEST, self.path / UNUSABLE
         self.params = self.path / PARAMS
+        self.tensorboard, self.wandb, self.profile = self.path / TENSORBOARD, self.path / WANDB, self.path / PROFILE
         self._lock: filelock.BaseFileLock | None = None
         self._created = False  # by acquire(): removed again if nothing was written
 
@@ -194,6 +200,14 @@ class RunDir:
 
     def read_tokenizer(self) -> Tokenizer:
         return load_tokenizer(self.tokenizer_file)
+
+    def read_wandb_id(self) -> str | None:
+        """The Weights & Biases run id this run logs to, once it has one."""
+        path = self.path / WANDB_ID
+        return path.read_text(encoding="utf-8").strip() or None if path.is_file() else None
+
+    def write_wandb_id(self, run_id: str) -> None:
+        _write_atomically(self.path / WANDB_ID, run_id + "\n")
 
     # -- metrics ------------------------------------------------------------------------------------------------
 
