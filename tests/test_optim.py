@@ -168,6 +168,7 @@ def muon_cases(draw) -> MuonCase:
                         warmup_iters=draw(st.sampled_from([0, 2])), min_lr=1e-4 if schedule == "cosine" else 0.0,
                         learning_rate=draw(st.sampled_from([1e-3, 3e-3])), muon_lr=draw(st.sampled_from([0.02, 0.05])),
                         muon_momentum=draw(st.sampled_from([0.0, 0.9, 0.95])),
+                        muon_ns_steps=draw(st.sampled_from([3, 5])),
                         muon_weight_decay=draw(st.sampled_from([0.0, 0.1])),
                         weight_decay=draw(st.sampled_from([0.0, 0.1])), decay_all_params=draw(st.booleans()),
                         grad_clip=draw(st.sampled_from([0.0, 1.0])))
@@ -210,7 +211,7 @@ def torch_muon_run(case: MuonCase, params, grads: list, perturb: int | None = No
          {"params": [named[n] for n in rest if n not in decayed], "weight_decay": 0.0}],
         lr=config.learning_rate, betas=(config.beta1, config.beta2), eps=config.eps)
     muon = muon_ref.Muon([named[n] for n in hidden], momentum=config.muon_momentum,
-                         weight_decay=config.muon_weight_decay)
+                         weight_decay=config.muon_weight_decay, ns_steps=config.muon_ns_steps)
     after = []
     for step, step_grads in enumerate(grads):
         torch_grads = modern.jaxgpt_state_dict(step_grads, tied)

@@ -283,6 +283,7 @@ class TrainConfig:
                                            "matrices, AdamW for embeddings, lm_head, biases and norms")
     muon_lr: float = option(0.02, "Muon's peak learning rate (the schedule of learning_rate, scaled)", positive)
     muon_momentum: float = option(0.95, "Muon's Nesterov momentum", unit_interval)
+    muon_ns_steps: int = option(5, "Newton–Schulz iterations that orthogonalize each Muon update", positive)
     muon_weight_decay: float = option(0.0, "Muon's decoupled weight decay (times Muon's learning rate)",
                                      non_negative)
     # checkpoints: every interval, at the end, on SIGINT/SIGTERM, and the best val loss
@@ -379,7 +380,8 @@ FREE_ON_RESUME = frozenset({"eval_interval", "eval_iters", "eval_mode", "eval_at
                             "keep_checkpoints", "progress", "health_metrics", "plot", "log_to", "profile",
                             "sample_chars", "out_dir", "overwrite", "resume", "data_path", "steps_per_call",
                             "init_from"})  # only a new run reads it; a resumed one continues from its checkpoint
-MUON_FIELDS = frozenset({"muon_lr", "muon_momentum", "muon_weight_decay"})  # no effect with optimizer="adamw"
+# no effect with optimizer="adamw"
+MUON_FIELDS = frozenset({"muon_lr", "muon_momentum", "muon_ns_steps", "muon_weight_decay"})
 
 
 def resume_changes(saved: TrainConfig, current: TrainConfig, where: str) -> list[str]:

@@ -62,8 +62,8 @@ def optimizer_labels(params) -> object:
 
 def make_optimizer(config: TrainConfig) -> optax.GradientTransformation:
     """torch.optim.AdamW semantics (decoupled decay, eps outside the sqrt, bias correction); with
-    `optimizer="muon"`, `optax.contrib.muon` (Nesterov momentum, 5 Newton–Schulz steps, updates scaled by
-    sqrt(max(1, fan_out / fan_in))) for the `muon_mask` matrices instead. Clipping sees every gradient."""
+    `optimizer="muon"`, `optax.contrib.muon` (Nesterov momentum, `muon_ns_steps` Newton–Schulz steps, updates
+    scaled by sqrt(max(1, fan_out / fan_in))) for the `muon_mask` matrices instead. Clipping sees every gradient."""
     tx = optax.adamw(
         learning_rate=learning_rate_schedule(config),
         b1=config.beta1,
@@ -76,6 +76,7 @@ def make_optimizer(config: TrainConfig) -> optax.GradientTransformation:
         muon = optax.contrib.muon(  # it sees only 2-D leaves, so its own Adam for the others stays unused
             learning_rate=learning_rate_schedule(config, config.muon_lr),
             beta=config.muon_momentum,
+            ns_steps=config.muon_ns_steps,
             weight_decay=config.muon_weight_decay,
         )
         tx = optax.partition({"muon": muon, "adamw": tx}, optimizer_labels)
