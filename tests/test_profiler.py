@@ -23,13 +23,14 @@ def test_a_profile_window_writes_a_trace_of_those_steps(tmp_path, small_text_fil
     train(config, log=lines.append)
     profile = tmp_path / "run" / "profile"
     assert [line for line in lines if line.startswith("profile")] == [
-        f"profile of steps 2 to 3 written to {profile} (tensorboard --logdir {profile}, or open the .trace.json.gz "
-        "in ui.perfetto.dev)"]
+        f"profile of steps 2 to 3 written to {profile} (tensorboard --logdir {profile}, or open its "
+        "perfetto_trace.json.gz in ui.perfetto.dev)"]
     assert list(profile.glob("plugins/profile/*/*.xplane.pb"))  # TensorBoard's profile plugin reads these
-    (perfetto,) = profile.glob("plugins/profile/*/*.trace.json.gz")
+    (perfetto,) = profile.glob("plugins/profile/*/perfetto_trace.json.gz")
     events = json.loads(gzip.decompress(perfetto.read_bytes()))
     names = {event.get("name", "") for event in events["traceEvents"]}
     assert sum("train_steps" in name for name in names) >= 1  # the compiled step ran inside the window
+    assert "train" in names  # the step markers XProf's overview reads
 
 
 @pytest.mark.parametrize("first_step, steps, starts", [(0, 2, False), (0, 3, True), (2, 1, True), (3, 5, True),

@@ -26,6 +26,14 @@ class ProfileWindow:
             jax.profiler.start_trace(str(self.directory), create_perfetto_trace=True)
             self._tracing, self._first = True, first_step
 
+    def run(self, first_step: int, call: Callable[[], jax.Array]) -> jax.Array:
+        """`call()`, the compiled call running steps from `first_step`; while tracing, inside a step marker that
+        XProf's overview takes the step time from, and waited for, so that the marker spans its execution."""
+        if not self._tracing:
+            return call()
+        with jax.profiler.StepTraceAnnotation("train", step_num=first_step):
+            return jax.block_until_ready(call())
+
     def after_call(self, steps_done: int, state) -> None:
         """Stop once the window's last step has run (waiting for the device, so the trace holds it)."""
         if self._tracing and steps_done >= self.stop:
@@ -38,4 +46,4 @@ class ProfileWindow:
             jax.profiler.stop_trace()
             self._tracing = False
             self._log(f"profile of steps {self._first} to {steps_done - 1} written to {self.directory} "
-                      f"(tensorboard --logdir {self.directory}, or open the .trace.json.gz in ui.perfetto.dev)")
+                      f"(tensorboard --logdir {self.directory}, or open its perfetto_trace.json.gz in ui.perfetto.dev)")

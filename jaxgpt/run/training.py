@@ -308,7 +308,7 @@ class Run:
         profile = ProfileWindow(config.profile if self.is_main else "", self.run_dir.profile, self.log)
         while step < config.max_iters and not stop.agreed(step):
             profile.before_call(step, self.steps_per_call)
-            loss = self.step()
+            loss = profile.run(step, self.step)
             self.trainer.compile_evaluation_ahead(len(self.dataset.val))  # the first time: beside the steps
             step += self.steps_per_call
             profile.after_call(step, self.state)
