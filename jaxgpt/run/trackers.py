@@ -99,7 +99,7 @@ def wandb_mode() -> str:
     host = os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai").split("://")[-1].split("/")[0]
     try:
         return "online" if netrc.netrc(os.environ.get("NETRC")).authenticators(host) else "offline"
-    except (FileNotFoundError, netrc.NetrcParseError):
+    except (OSError, netrc.NetrcParseError):
         return "offline"
 
 
@@ -122,10 +122,6 @@ class Trackers:
                 self._active.append(KINDS[name](run_dir, config))
             except Exception as err:  # noqa: BLE001 - whatever a tracker raises, training goes on without it
                 self._drop(name, "start", err)
-
-    @property
-    def names(self) -> list[str]:
-        return [tracker.name for tracker in self._active]
 
     def log(self, record: dict) -> None:
         for tracker in list(self._active):
