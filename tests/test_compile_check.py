@@ -91,7 +91,9 @@ def test_compiled_flops_agree_with_jaxgpts_count(shakespeare_path):
     config = tiny(shakespeare_path, dropout=0.0, n_embd=128, n_head=4, sample_chars=0)
     one = check_train(dataclasses.replace(config, steps_per_call=1), TPU, log=lambda _: None)
     ten = check_train(dataclasses.replace(config, steps_per_call=10), TPU, log=lambda _: None)
-    assert one.train_step.flops == pytest.approx(ten.train_step.flops, rel=1e-3)  # + the loop's own counter
+    # + the loop's own counter, and what XLA simplifies differently inside a loop body (the health numbers' reductions:
+    # 0.25% at this size)
+    assert one.train_step.flops == pytest.approx(ten.train_step.flops, rel=1e-2)
     ratio = one.flops_per_step_per_device() / one.model_flops_per_step
     assert 0.9 <= ratio <= 1.1, ratio
     # the GPU compiler gives no FLOPs: its report uses jaxgpt's count, which the TPU figure just checked
