@@ -89,17 +89,18 @@ class Trainer:
         """Calls that compile, without running, each program of `measure` for the arrays it will be given."""
         params = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=a.sharding),
                               self.state.params)
-        sampled = ["train"] if self.config.eval_mode == "full" else ["train", "val"]
-        programs: list[Callable[[], object]] = [lambda: self.batches.compile_eval_windows("train")]
-        windows = self.batches.eval_windows_spec("train")
+        windows = self.batches.eval_windows_spec("train")  # a val estimate's have the same shape
         counted = jax.ShapeDtypeStruct((*windows.shape[:2], windows.shape[2] - 1), np.bool_)  # as sampled_loss's
-        programs.append(lambda: self._split_sums.lower(params, windows, counted, self.token_bytes).compile())
-        if "val" in sampled:
-            programs.append(lambda: self.batches.compile_eval_windows("val"))
-        else:
+        programs: list[Callable[[], object]] = [
+            lambda: self.batches.compile_eval_windows("train"),
+            lambda: self._split_sums.lower(params, windows, counted, self.token_bytes).compile(),
+        ]
+        if self.config.eval_mode == "full":
             whole = whole_split_window_specs(n_val_tokens, self.config.batch_size, self.config.block_size,
                                              self.placement.replicated)
             programs.append(lambda: self._split_sums.lower(params, *whole, self.token_bytes).compile())
+        else:
+            programs.append(lambda: self.batches.compile_eval_windows("val"))
         return programs
 
     def _wait_for_evaluation_compile(self) -> None:

@@ -56,6 +56,7 @@ class RunDir:
         self.checkpoints, self.best, self.unusable = self.path / CHECKPOINTS, self.path / BEST, self.path / UNUSABLE
         self.params = self.path / PARAMS
         self.tensorboard, self.wandb, self.profile = self.path / TENSORBOARD, self.path / WANDB, self.path / PROFILE
+        self.wandb_id_file = self.path / WANDB_ID
         self._lock: filelock.BaseFileLock | None = None
         self._created = False  # by acquire(): removed again if nothing was written
 
@@ -203,11 +204,12 @@ class RunDir:
 
     def read_wandb_id(self) -> str | None:
         """The Weights & Biases run id this run logs to, once it has one."""
-        path = self.path / WANDB_ID
-        return path.read_text(encoding="utf-8").strip() or None if path.is_file() else None
+        if not self.wandb_id_file.is_file():
+            return None
+        return self.wandb_id_file.read_text(encoding="utf-8").strip() or None
 
     def write_wandb_id(self, run_id: str) -> None:
-        _write_atomically(self.path / WANDB_ID, run_id + "\n")
+        _write_atomically(self.wandb_id_file, run_id + "\n")
 
     # -- metrics ------------------------------------------------------------------------------------------------
 
