@@ -187,6 +187,34 @@ def test_damaged_newest_checkpoint_falls_back_to_the_previous(straight, tmp_path
     assert_same_run(run, straight)
 
 
+def other_optimizer_layout(step_dir: Path) -> None:
+    """The checkpoint written again, complete and readable, with its optimizer state in another tree (as another
+    optax or jaxgpt version could lay it out)."""
+    with ocp.CheckpointManager(step_dir.parent) as manager:
+        restored = manager.restore(int(step_dir.name))
+        manager.delete(int(step_dir.name))
+        manager.save(int(step_dir.name), args=ocp.args.Composite(
+            params=ocp.args.StandardSave(restored["params"]),
+            opt_state=ocp.args.StandardSave({"older": restored["opt_state"]}),
+            meta=ocp.args.JsonSave(restored["meta"])))
+
+
+def test_checkpoint_in_another_layout_is_refused_not_moved_aside(straight, tmp_path):
+    """Arrays laid out unlike this version's are not damage: resuming is refused with one line, the checkpoint
+    stays where it is, and its weights still start a new run through --init_from."""
+    run = copy_run(straight, tmp_path / "run")
+    other_optimizer_layout(run / "checkpoints" / "60")
+    with pytest.raises(UsageError, match=r"^cannot resume from step 60 in .*: its opt_state are laid out unlike this "
+                                         r"jaxgpt's \(\d+ arrays stored, \d+ expected; first difference at "
+                                         r"\S+\): another version of jaxgpt or optax wrote it; .*"
+                                         rf"--init_from={re.escape(str(run))}$"):
+        train(dataclasses.replace(straight.config, out_dir=str(run), resume=True), log=lambda _: None)
+    assert step_dirs(run, rundir.CHECKPOINTS)[-1] == 60 and not (run / rundir.UNUSABLE).exists()
+    lines: list[str] = []
+    train(run_config(tmp_path / "new", straight.config.data_path, max_iters=2, init_from=str(run)), log=lines.append)
+    assert any(line.startswith(f"starting from {run}") for line in lines), lines
+
+
 def test_save_killed_before_commit_is_ignored(straight, tmp_path):
     run = copy_run(straight, tmp_path / "run")
     unfinished = run / "checkpoints" / "60.orbax-checkpoint-tmp-1234"  # what a save killed mid-write leaves

@@ -8,6 +8,7 @@ import functools
 import jax
 import optax
 
+from jaxgpt.core import muon as stacked_muon
 from jaxgpt.core.config import TrainConfig
 
 
@@ -62,8 +63,9 @@ def optimizer_labels(params) -> object:
 
 def make_optimizer(config: TrainConfig) -> optax.GradientTransformation:
     """torch.optim.AdamW semantics (decoupled decay, eps outside the sqrt, bias correction); with
-    `optimizer="muon"`, `optax.contrib.muon` (Nesterov momentum, `muon_ns_steps` Newton–Schulz steps, updates
-    scaled by sqrt(max(1, fan_out / fan_in))) for the `muon_mask` matrices instead. Clipping sees every gradient."""
+    `optimizer="muon"`, `optax.contrib.muon`'s update (Nesterov momentum, `muon_ns_steps` Newton–Schulz steps,
+    updates scaled by sqrt(max(1, fan_out / fan_in)); computed by shape, jaxgpt/core/muon.py) for the `muon_mask`
+    matrices instead. Clipping sees every gradient."""
     tx = optax.adamw(
         learning_rate=learning_rate_schedule(config),
         b1=config.beta1,
@@ -73,12 +75,8 @@ def make_optimizer(config: TrainConfig) -> optax.GradientTransformation:
         mask=None if config.decay_all_params else functools.partial(decay_mask, embeddings=config.decay_embeddings),
     )
     if config.optimizer == "muon":
-        muon = optax.contrib.muon(  # it sees only 2-D leaves, so its own Adam for the others stays unused
-            learning_rate=learning_rate_schedule(config, config.muon_lr),
-            beta=config.muon_momentum,
-            ns_steps=config.muon_ns_steps,
-            weight_decay=config.muon_weight_decay,
-        )
+        muon = stacked_muon.muon(learning_rate_schedule(config, config.muon_lr), beta=config.muon_momentum,
+                                 ns_steps=config.muon_ns_steps, weight_decay=config.muon_weight_decay)
         tx = optax.partition({"muon": muon, "adamw": tx}, optimizer_labels)
     if config.grad_clip > 0:
         return optax.chain(optax.clip_by_global_norm(config.grad_clip), tx)

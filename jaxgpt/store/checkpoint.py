@@ -152,7 +152,8 @@ class RunCheckpoints:
         """The newest usable checkpoint, arrays placed like `params_like`/`opt_state_like` (any device count).
 
         `check_meta(step, meta)` sees each candidate's meta before its arrays are read, to refuse a config that
-        does not fit. A damaged checkpoint (a file truncated or missing) is reported, moved to
+        does not fit; arrays laid out unlike the targets (another jaxgpt or optax wrote them) are refused too,
+        the checkpoint left in place. A damaged checkpoint (a file truncated or missing) is reported, moved to
         `unusable_checkpoints/` and the previous one is tried; with none usable, a JaxgptError lists why.
         """
         meta_only = ocp.args.Composite(meta=ocp.args.JsonRestore())
@@ -167,6 +168,14 @@ class RunCheckpoints:
                 failures.append(self._unusable(step, err, log))
                 continue
             check_meta(step, meta)
+            try:
+                stored = self._latest.item_metadata(step)
+                stored_layouts = {item: _layout(stored[item]) for item in ("params", "opt_state")}
+            except Exception as err:  # see _write; a missing item too
+                failures.append(self._unusable(step, err, log))
+                continue
+            for item, like in (("params", params_like), ("opt_state", opt_state_like)):
+                _check_layout(step, item, stored_layouts[item], _layout(like), self.run_dir)
             try:
                 restored = _restore_checked(self._latest, step, args)
             except Exception as err:  # see _write
@@ -210,6 +219,29 @@ class RunCheckpoints:
         self.wait()
         self._latest.close()
         self._best.close()
+
+
+def _dotted(path) -> str:
+    """A key path as orbax names a stored array: `inner_states.adamw.inner_state.0.mu.blocks_0...`."""
+    return ".".join(str(getattr(key, "key", getattr(key, "idx", getattr(key, "name", key)))) for key in path)
+
+
+def _layout(tree) -> dict[str, tuple[int, ...]]:
+    """Each array of `tree` (arrays, shape structs or orbax's stored metadata) by name: its shape."""
+    return {_dotted(path): tuple(leaf.shape) for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]}
+
+
+def _check_layout(step: int, item: str, have: dict, want: dict, run_dir: RunDir) -> None:
+    """Refuse, as a usage error, a checkpoint whose `item` arrays (names and shapes, `have`) are not `want`: not
+    damage, but another layout, which this version of jaxgpt cannot continue from."""
+    if have == want:
+        return
+    first = sorted(set(have.items()) ^ set(want.items()))[0][0]
+    raise UsageError(
+        f"cannot resume from step {step} in {run_dir}: its {item} are laid out unlike this jaxgpt's "
+        f"({len(have)} arrays stored, {len(want)} expected; first difference at {first}): another version of "
+        f"jaxgpt or optax wrote it; resume with that version, or start a new run from its weights with "
+        f"--init_from={run_dir}")
 
 
 def _restore_checked(manager: ocp.CheckpointManager, step: int, args: ocp.args.Composite):
