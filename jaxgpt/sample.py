@@ -4,7 +4,9 @@ or from pretrained weights (see jaxgpt.sample)."""
 from __future__ import annotations
 
 import argparse
+import functools
 import sys
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import get_args
 
@@ -15,6 +17,7 @@ import numpy as np
 from jaxgpt.cli import COMPILE_FOR_HELP, ArgumentParser, compile_only, means_none, run_cli
 from jaxgpt.core.config import INT32_MAX, GPTConfig, seed_range
 from jaxgpt.core.sampling import Cache, generate
+from jaxgpt.core.streaming import stream
 from jaxgpt.data.tokenizers import Tokenizer, default_prompt
 from jaxgpt.run.compile_check import check_sample
 from jaxgpt.store import checkpoint
@@ -64,8 +67,15 @@ def parse_sample_args(argv: list[str]) -> dict:
                         "for every token, the lecture's semantics; rolling (RoPE models) keeps a sliding window of "
                         "cached keys and values, much faster but other logits from the second layer on "
                         "(docs/sampling.md)")
+    parser.add_argument("--stream", action="store_true", help="print the tokens as they are drawn (the first "
+                        "sample; the others, drawn beside it, follow at its end); the same text as without")
+    parser.add_argument("--interactive", action="store_true", help="read prompts from the terminal (one per line) "
+                        "until end of input (Ctrl-D), continuing each and streaming it; Ctrl-C stops a stream")
     parser.add_argument("--compile_for", metavar="TARGET", help=COMPILE_FOR_HELP)
     args = vars(parser.parse_args(argv))
+    if args["interactive"] and (args["prompt"] is not None or args["compile_for"]):
+        raise UsageError(f"--interactive reads its prompts from the terminal; leave out "
+                         f"{'--prompt' if args['prompt'] is not None else '--compile_for'}")
     if (args["out_dir"] is None) == (args["init_from"] is None):
         given = "not both" if args["out_dir"] is not None else "one is required"
         raise UsageError(f"give --out_dir=RUN (a training run) or --init_from=SOURCE (pretrained weights); {given}")
@@ -89,11 +99,56 @@ def main(argv: list[str] | None = None) -> None:
     compile_cache.enable_default()
     model, params, tokenizer = _load(args)
     model = pretrained.for_inference(model, args["dtype"])
-    prompt = jnp.asarray([_prompt_ids(tokenizer, args["prompt"])] * args["num_samples"], jnp.int32)  # (num_samples, T0)
-    tokens = generate(model, params, prompt, args["max_new_tokens"], jax.random.key(args["seed"]),
-                      temperature=args["temperature"], top_k=args["top_k"], top_p=args["top_p"], cache=args["cache"])
-    samples = [tokenizer.decode(row) for row in np.asarray(tokens)]
+    sampler = functools.partial(
+        stream if args["stream"] or args["interactive"] else generate, model, params,
+        max_new_tokens=args["max_new_tokens"], key=jax.random.key(args["seed"]), temperature=args["temperature"],
+        top_k=args["top_k"], top_p=args["top_p"], cache=args["cache"])
+    if args["interactive"]:
+        return _interactive(sampler, tokenizer, args["num_samples"])
+    prompt = [_prompt_ids(tokenizer, args["prompt"])] * args["num_samples"]  # (num_samples, T0)
+    if args["stream"]:
+        _print_stream(sampler(prompt), prompt, tokenizer)
+        return
+    samples = [tokenizer.decode(row) for row in np.asarray(sampler(jnp.asarray(prompt, jnp.int32)))]
     print(f"\n{RULE}\n".join(samples))
+
+
+def _print_stream(chunks: Iterator[np.ndarray], prompt: list[list[int]], tokenizer: Tokenizer,
+                  show_prompt: bool = True) -> None:
+    """Print the first row's text as its tokens arrive, then the other rows, as the non-streaming output would
+    be printed (a trailing unfinished UTF-8 character waits for the tokens that finish it)."""
+    rows = [list(row) for row in prompt]
+    shown = len(tokenizer.decode(rows[0])) if not show_prompt else 0
+    for new in chunks:  # (B, n)
+        for row, tokens in zip(rows, new.tolist(), strict=True):
+            row.extend(tokens)
+        text = tokenizer.decode(rows[0]).rstrip("\ufffd")
+        print(text[shown:], end="", flush=True)
+        shown = max(shown, len(text))
+    print(tokenizer.decode(rows[0])[shown:], end="")
+    print("".join(f"\n{RULE}\n{tokenizer.decode(row)}" for row in rows[1:]), flush=True)
+
+
+def _interactive(sampler: Callable, tokenizer: Tokenizer, num_samples: int) -> None:
+    """Continue each line of input until its end, streaming; a Ctrl-C stops the stream, not the session."""
+    ask = "> " if sys.stdin.isatty() else ""
+    while True:
+        try:
+            line = input(ask)
+        except EOFError:
+            return
+        if not line:
+            continue
+        try:
+            prompt = [tokenizer.encode(line)] * num_samples
+        except UsageError as err:
+            print(f"error: the prompt has {err}; give another", file=sys.stderr, flush=True)
+            continue
+        try:
+            _print_stream(sampler(prompt, padded=True), prompt, tokenizer, show_prompt=False)
+        except KeyboardInterrupt:
+            print(flush=True)
+        print(RULE, flush=True)
 
 
 def compile_sample(args: dict) -> None:

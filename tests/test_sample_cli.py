@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import shutil
+import signal
 import subprocess
 import sys
 
@@ -194,3 +195,56 @@ def test_init_from_weights_without_a_tokenizer_is_one_line(tmp_path, capsys):
     err = capsys.readouterr().err
     assert exit_info.value.code == 2 and err.count("\n") == 1
     assert "model.pt does not say which tokenizer it was trained with; convert it with its tokenizer" in err
+
+
+# --stream and --interactive (jaxgpt/core/streaming.py)
+
+def test_stream_prints_what_sampling_without_it_prints(run_dir, capsys):
+    """Character for character, several samples, beyond block_size (16) so every phase streams."""
+    argv = [f"--out_dir={run_dir}", "--prompt=ROMEO:", "--num_samples=2", "--max_new_tokens=60", "--seed=5",
+            "--temperature=0.9", "--top_k=20"]
+    main(argv)
+    whole = capsys.readouterr().out
+    main([*argv, "--stream"])
+    assert capsys.readouterr().out == whole
+
+
+def sample_command(run_dir, *flags: str) -> list[str]:
+    return [sys.executable, "-m", "jaxgpt.sample", f"--out_dir={run_dir}", *flags]
+
+
+def test_interactive_continues_each_line_until_end_of_input(run_dir, capsys):
+    """Driven through a pipe: each prompt is continued as `--prompt` continues it, a prompt the vocabulary cannot
+    spell is one error line and the session goes on, end of input ends it with status 0."""
+    flags = ["--num_samples=1", "--max_new_tokens=40", "--seed=9"]
+    done = subprocess.run(sample_command(run_dir, "--interactive", *flags), input="ROMEO:\n\nnot ~ here\nJULIET:\n",
+                          capture_output=True, text=True, timeout=300, env={**os.environ, "JAX_PLATFORMS": "cpu"})
+    assert done.returncode == 0, done.stderr
+    expected = []
+    for prompt in ("ROMEO:", "JULIET:"):
+        main([f"--out_dir={run_dir}", f"--prompt={prompt}", *flags])
+        expected.append(capsys.readouterr().out.removeprefix(prompt))
+    assert done.stdout == "".join(f"{text}{RULE}\n" for text in expected)
+    assert done.stderr.strip() == ("error: the prompt has characters not in the vocabulary: '~' (1 distinct); "
+                                   "give another")
+
+
+def test_ctrl_c_stops_a_stream_cleanly(run_dir):
+    """What was printed stays, the command exits with 130 and one line, no traceback."""
+    process = subprocess.Popen(sample_command(run_dir, "--stream", "--num_samples=1", "--max_new_tokens=1000000"),
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               env={**os.environ, "JAX_PLATFORMS": "cpu"})
+    assert len(process.stdout.read(40)) == 40  # the stream has begun
+    process.send_signal(signal.SIGINT)
+    out, err = process.communicate(timeout=120)
+    assert process.returncode == 128 + signal.SIGINT
+    assert err.strip().splitlines()[-1] == "interrupted" and "Traceback" not in err
+
+
+@pytest.mark.parametrize("flag", ["--prompt=ROMEO:", "--compile_for=h100-1"])
+def test_interactive_refuses_flags_it_cannot_use(run_dir, capsys, flag):
+    with pytest.raises(SystemExit) as exit_info:
+        run_cli(main, [f"--out_dir={run_dir}", "--interactive", flag])
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err.strip() == (f"error: --interactive reads its prompts from the terminal; leave out "
+                                               f"{flag.split('=')[0]}")

@@ -105,27 +105,31 @@ def check_generate_args(prompt, max_new_tokens: int, key: jax.Array, vocab_size:
     return prompt
 
 
-def _token_buffer(prompt: jax.Array, max_new_tokens: int) -> jax.Array:
+def token_buffer(prompt: jax.Array, max_new_tokens: int) -> jax.Array:
     """The prompt followed by room for the new tokens: (B, T0 + max_new_tokens)."""
     B, T0 = prompt.shape
     return jnp.zeros((B, T0 + max_new_tokens), jnp.int32).at[:, :T0].set(prompt)
 
 
+def recompute_step(model: nn.Module, params, key: jax.Array, sampling: Sampling, prompt_len: jax.Array | int,
+                   block_size: int, tokens: jax.Array, i: jax.Array) -> jax.Array:
+    """Fill in new token i of `tokens` (B, prompt_len + max_new_tokens) from the model rerun on the last
+    <= block_size tokens before it."""
+    window = min(block_size, tokens.shape[1])  # static context width fed to the model
+    length = prompt_len + i  # tokens known so far
+    start = jnp.maximum(length - window, 0)  # crop to the last block_size tokens
+    context = jax.lax.dynamic_slice_in_dim(tokens, start, window, axis=1)  # (B, window)
+    logits = model.apply({"params": params}, context)  # (B, window, V); causal: padding after length is unseen
+    last = jax.lax.dynamic_index_in_dim(logits, length - 1 - start, axis=1, keepdims=False)  # (B, V)
+    new = draw_token(last, jax.random.fold_in(key, i), sampling)  # (B,)
+    return jax.lax.dynamic_update_slice_in_dim(tokens, new[:, None], length, axis=1)
+
+
 def _recompute_steps(model: nn.Module, params, tokens: jax.Array, key: jax.Array, sampling: Sampling, *,
                      prompt_len: int, block_size: int, steps: range) -> jax.Array:
     """Fill in new tokens i for i in `steps`, each from the model rerun on the last <= block_size tokens."""
-    window = min(block_size, tokens.shape[1])  # static context width fed to the model
-
-    def step(tokens, i):
-        length = prompt_len + i  # tokens known so far
-        start = jnp.maximum(length - window, 0)  # crop to the last block_size tokens
-        context = jax.lax.dynamic_slice_in_dim(tokens, start, window, axis=1)  # (B, window)
-        logits = model.apply({"params": params}, context)  # (B, window, V); causal: padding after length is unseen
-        last = jax.lax.dynamic_index_in_dim(logits, length - 1 - start, axis=1, keepdims=False)  # (B, V)
-        new = draw_token(last, jax.random.fold_in(key, i), sampling)  # (B,)
-        return jax.lax.dynamic_update_slice_in_dim(tokens, new[:, None], length, axis=1), None
-
-    tokens, _ = jax.lax.scan(step, tokens, jnp.arange(steps.start, steps.stop))
+    step = functools.partial(recompute_step, model, params, key, sampling, prompt_len, block_size)
+    tokens, _ = jax.lax.scan(lambda tokens, i: (step(tokens, i), None), tokens, jnp.arange(steps.start, steps.stop))
     return tokens
 
 
@@ -133,7 +137,7 @@ def _recompute_steps(model: nn.Module, params, tokens: jax.Array, key: jax.Array
 def _generate_recompute(model: nn.Module, params, prompt: jax.Array, key: jax.Array, sampling: Sampling, *,
                         block_size: int, max_new_tokens: int) -> jax.Array:
     """The lecture's generate as one compiled loop: each step reruns the model on the cropped context."""
-    tokens = _token_buffer(prompt, max_new_tokens)
+    tokens = token_buffer(prompt, max_new_tokens)
     return _recompute_steps(model, params, tokens, key, sampling, prompt_len=prompt.shape[1], block_size=block_size,
                             steps=range(max_new_tokens))
 
@@ -145,7 +149,7 @@ def kv_cache_sizes(block_size: int) -> list[int]:
     return sorted({-(-block_size * step // steps) for step in range(1, steps + 1)})
 
 
-def _resize_cache(cache, size: int):
+def resize_cache(cache, size: int):
     """The 'cache' collection with every layer's keys and values (B, nh, S, hs) cut or zero-padded to `size`."""
     def resize(x: jax.Array) -> jax.Array:
         if x.ndim != 4:  # the token count
@@ -155,6 +159,44 @@ def _resize_cache(cache, size: int):
     return jax.tree_util.tree_map(resize, cache)
 
 
+def decode_step(model: nn.Module, params, key: jax.Array, sampling: Sampling, prompt_len: jax.Array | int,
+                carry: tuple[jax.Array, Any], i: jax.Array, decode: Decode = True) -> tuple[jax.Array, Any]:
+    """New token i: feed token i - 1 (position prompt_len + i - 1 of the (B, prompt_len + max_new_tokens) tokens)
+    into the KV cache and draw from its logits. carry: (tokens, the 'cache' collection)."""
+    tokens, kv = carry
+    previous = jax.lax.dynamic_slice_in_dim(tokens, prompt_len + i - 1, 1, axis=1)  # (B, 1)
+    logits, variables = model.apply({"params": params, "cache": kv}, previous, decode=decode,
+                                    mutable=["cache"])  # (B, 1, V)
+    new = draw_token(logits[:, -1], jax.random.fold_in(key, i), sampling)  # (B,)
+    tokens = jax.lax.dynamic_update_slice_in_dim(tokens, new[:, None], prompt_len + i, axis=1)
+    return tokens, variables.get("cache", {})
+
+
+def prefill(model: nn.Module, params, prompt: jax.Array, key: jax.Array, sampling: Sampling,
+            max_new_tokens: int) -> tuple[jax.Array, Any]:
+    """The last block_size prompt tokens (the lecture's crop) fill the KV cache and give new token 0 ->
+    (tokens (B, T0 + max_new_tokens) with the prompt and token 0, the 'cache' collection)."""
+    logits, variables = model.apply({"params": params}, prompt[:, -model.config.block_size:], decode=True,
+                                    mutable=["cache"])  # (B, min(T0, block_size), V)
+    first = draw_token(logits[:, -1], jax.random.fold_in(key, 0), sampling)
+    tokens = token_buffer(prompt, max_new_tokens).at[:, prompt.shape[1]].set(first)
+    return tokens, variables.get("cache", {})  # the bigram model keeps none
+
+
+def cached_steps(cache_sizes: tuple[int, ...], prompt_len: int, max_new_tokens: int) -> list[tuple[int, range]]:
+    """The new tokens decoded into the KV cache, by the cache size (positions; the last is block_size) they are
+    decoded at. Token 0 comes from the prefill; those after the last range, whose context no longer fits
+    block_size, from `recompute_step` or a rolling cache."""
+    n_cached = min(max_new_tokens, max(cache_sizes[-1] - prompt_len, 0) + 1)  # new tokens whose context fits
+    plan, start = [], 1
+    for size in cache_sizes:  # attention reads only that many
+        stop = min(n_cached, size - prompt_len + 1)  # new token i reads and writes cache positions < T0 + i
+        if start < stop:
+            plan.append((size, range(start, stop)))
+            start = stop
+    return plan
+
+
 @functools.partial(jax.jit, static_argnames=("config", "max_new_tokens", "cache", "cache_sizes"))
 def generate_cached(config: GPTConfig, params, prompt: jax.Array, key: jax.Array, sampling: Sampling, *,
                      max_new_tokens: int, cache: Cache, cache_sizes: tuple[int, ...]) -> jax.Array:
@@ -162,31 +204,16 @@ def generate_cached(config: GPTConfig, params, prompt: jax.Array, key: jax.Array
     `cache_sizes`, the last one block_size), then recompute per token or (cache="rolling") go on decoding into the
     KV cache as a ring buffer."""
     model, T0 = build_model(config), prompt.shape[1]
-    tokens = _token_buffer(prompt, max_new_tokens)
-    # prefill: the last block_size prompt tokens (the lecture's crop) fill the cache and give new token 0
-    logits, variables = model.apply({"params": params}, prompt[:, -config.block_size:], decode=True,
-                                    mutable=["cache"])  # (B, min(T0, block_size), V)
-    first = draw_token(logits[:, -1], jax.random.fold_in(key, 0), sampling)
-    kv = variables.get("cache", {})  # the bigram model keeps none
-    tokens = tokens.at[:, T0].set(first)
+    tokens, kv = prefill(model, params, prompt, key, sampling, max_new_tokens)
 
-    def cached_step(carry, i, decode: Decode = True):  # new token i: feed token i - 1, attend to the cache
-        tokens, kv = carry
-        previous = jax.lax.dynamic_slice_in_dim(tokens, T0 + i - 1, 1, axis=1)  # (B, 1)
-        logits, variables = model.apply({"params": params, "cache": kv}, previous, decode=decode,
-                                        mutable=["cache"])  # (B, 1, V)
-        new = draw_token(logits[:, -1], jax.random.fold_in(key, i), sampling)  # (B,)
-        tokens = jax.lax.dynamic_update_slice_in_dim(tokens, new[:, None], T0 + i, axis=1)
-        return (tokens, variables.get("cache", {})), None
+    def cached_step(carry, i, decode: Decode = True):
+        return decode_step(model, params, key, sampling, T0, carry, i, decode), None
 
-    n_cached = min(max_new_tokens, max(config.block_size - T0, 0) + 1)  # new tokens whose context fits the cache
-    start = 1
-    for size in cache_sizes:  # one scan per cache size: attention reads only that many
-        stop = min(n_cached, size - T0 + 1)  # new token i reads and writes cache positions < T0 + i
-        if start < stop:
-            carry = (tokens, _resize_cache(kv, size))
-            (tokens, kv), _ = jax.lax.scan(cached_step, carry, jnp.arange(start, stop))
-            start = stop
+    n_cached = 1  # new tokens drawn so far
+    for size, steps in cached_steps(cache_sizes, T0, max_new_tokens):  # one scan per cache size
+        carry = (tokens, resize_cache(kv, size))
+        (tokens, kv), _ = jax.lax.scan(cached_step, carry, jnp.arange(steps.start, steps.stop))
+        n_cached = steps.stop
     if cache == "rolling":  # beyond block_size: decode on, the full-size cache (the prefill's or the last scan's)
         rolling_step = functools.partial(cached_step, decode="rolling")  # now a ring buffer (module docstring)
         (tokens, _), _ = jax.lax.scan(rolling_step, (tokens, kv), jnp.arange(n_cached, max_new_tokens))
