@@ -281,6 +281,26 @@ def _check_layout_fields(config: GPTConfig, layout: Layout) -> None:
         raise UsageError(f"the {layout} layout needs {needs}; the config has {have}")
 
 
+def to_layout_arrays(params: Mapping[str, Any], config: GPTConfig, layout: Layout = "lecture") -> dict[str, np.ndarray]:
+    """jaxgpt params -> the layout's state_dict as float32 numpy arrays (`to_torch_state_dict` without torch)."""
+    if layout not in LAYOUTS:
+        raise UsageError(f"layout must be one of {', '.join(LAYOUTS)}, got {layout!r}")
+    _check_layout_fields(config, layout)
+    check_params(config, params)
+    flat = {path: np.asarray(leaf, np.float32) for path, leaf in traverse_util.flatten_dict(params, sep="/").items()}
+    arrays = {}
+    for rule in _rules(config, layout):
+        tensors = rule.to_torch([flat[path] for path in rule.jax_paths])
+        arrays.update(zip(rule.torch_keys, map(np.ascontiguousarray, tensors), strict=True))
+    if layout == "lecture":
+        tril = np.tril(np.ones((config.block_size, config.block_size), np.float32))
+        arrays.update((f"blocks.{i}.sa.heads.{h}.tril", tril.copy())
+                      for i in range(config.n_layer) for h in range(config.n_head))
+    elif config.tie_embeddings:
+        arrays[_TIED_HEAD] = arrays["transformer.wte.weight"]
+    return arrays
+
+
 def to_torch_state_dict(params: Mapping[str, Any], config: GPTConfig, layout: Layout = "lecture") -> dict:
     """jaxgpt params -> a PyTorch state_dict (float32 torch tensors) that loads into the layout's model strictly.
 
@@ -289,23 +309,10 @@ def to_torch_state_dict(params: Mapping[str, Any], config: GPTConfig, layout: La
     """
     import torch  # here, not at the top: jaxgpt does not depend on torch
 
-    if layout not in LAYOUTS:
-        raise UsageError(f"layout must be one of {', '.join(LAYOUTS)}, got {layout!r}")
-    _check_layout_fields(config, layout)
-    check_params(config, params)
-    flat = {path: np.asarray(leaf, np.float32) for path, leaf in traverse_util.flatten_dict(params, sep="/").items()}
-    state_dict = {}
-    for rule in _rules(config, layout):
-        tensors = rule.to_torch([flat[path] for path in rule.jax_paths])
-        for key, tensor in zip(rule.torch_keys, tensors, strict=True):
-            state_dict[key] = torch.from_numpy(np.ascontiguousarray(tensor))
-    if layout == "lecture":
-        tril = torch.tril(torch.ones(config.block_size, config.block_size))
-        state_dict.update((f"blocks.{i}.sa.heads.{h}.tril", tril.clone())
-                          for i in range(config.n_layer) for h in range(config.n_head))
-    elif config.tie_embeddings:
-        state_dict[_TIED_HEAD] = state_dict["transformer.wte.weight"]
-    return state_dict
+    tensors = {key: torch.from_numpy(array) for key, array in to_layout_arrays(params, config, layout).items()}
+    if layout != "lecture" and config.tie_embeddings:  # one tensor under both names, as the PyTorch models share it
+        tensors[_TIED_HEAD] = tensors["transformer.wte.weight"]
+    return tensors
 
 
 # ----------------------------------------------------------------------------------------------------------------
