@@ -34,7 +34,7 @@ def one_loop(config, params, prompt, key, sampling, *, max_new_tokens: int, call
     """Prefill, then decode every new token in one scan over a block_size cache; with `callback`, each new token
     goes to the host as it is drawn."""
     model, T0 = build_model(config), prompt.shape[1]
-    tokens, kv = prefill(model, params, prompt, key, sampling, max_new_tokens)
+    tokens, kv = prefill(model, params, prompt, key, sampling, config.block_size, max_new_tokens)
 
     def step(carry, i):
         tokens, kv = decode_step(model, params, key, sampling, T0, carry, i)

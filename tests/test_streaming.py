@@ -21,7 +21,8 @@ from jaxgpt.system.errors import UsageError
 LEARNED = GPTConfig(vocab_size=11, block_size=128, n_layer=2, n_head=2, n_embd=16, dropout=0.0)
 ROPE = GPTConfig(vocab_size=11, block_size=128, n_layer=2, n_head=2, n_embd=16, dropout=0.0, position="rope",
                  norm="rmsnorm", qk_norm=True)
-PARAMS = {config: init_params(config, jax.random.key(0)) for config in (LEARNED, ROPE)}
+BIGRAM = GPTConfig(vocab_size=11, block_size=128, model_type="bigram")  # no KV cache: recompute only
+PARAMS = {config: init_params(config, jax.random.key(0)) for config in (LEARNED, ROPE, BIGRAM)}
 
 
 def streamed(config: GPTConfig, prompt, max_new_tokens: int, **options) -> np.ndarray:
@@ -33,7 +34,7 @@ def streamed(config: GPTConfig, prompt, max_new_tokens: int, **options) -> np.nd
 
 @st.composite
 def stream_cases(draw) -> tuple:
-    config = draw(st.sampled_from([LEARNED, ROPE]))
+    config = draw(st.sampled_from([LEARNED, ROPE, BIGRAM]))
     T0 = draw(st.sampled_from([1, 5, 63, 64, 127, 128, 140]))  # around the cache sizes and past block_size
     prompt = draw(st.lists(st.lists(st.integers(0, 10), min_size=T0, max_size=T0), min_size=1, max_size=2))
     options = {"chunk": draw(st.sampled_from([1, 3, 8, 50])), "temperature": draw(st.sampled_from([0.0, 0.8])),
@@ -53,7 +54,7 @@ def test_stream_draws_what_generate_draws(case):
     np.testing.assert_array_equal(streamed(config, prompt, max_new_tokens, **options), whole[:, len(prompt[0]):])
 
 
-@pytest.mark.parametrize("config", [LEARNED, ROPE])
+@pytest.mark.parametrize("config", [LEARNED, ROPE, BIGRAM])
 def test_padded_prompts_draw_what_generate_draws(config):
     """Interactive prompts go through a prefill padded to block_size: the same tokens as generate's for prompts
     of every length, including one longer than the context (its last block_size tokens)."""

@@ -172,11 +172,11 @@ def decode_step(model: nn.Module, params, key: jax.Array, sampling: Sampling, pr
     return tokens, variables.get("cache", {})
 
 
-def prefill(model: nn.Module, params, prompt: jax.Array, key: jax.Array, sampling: Sampling,
+def prefill(model: nn.Module, params, prompt: jax.Array, key: jax.Array, sampling: Sampling, block_size: int,
             max_new_tokens: int) -> tuple[jax.Array, Any]:
     """The last block_size prompt tokens (the lecture's crop) fill the KV cache and give new token 0 ->
     (tokens (B, T0 + max_new_tokens) with the prompt and token 0, the 'cache' collection)."""
-    logits, variables = model.apply({"params": params}, prompt[:, -model.config.block_size:], decode=True,
+    logits, variables = model.apply({"params": params}, prompt[:, -block_size:], decode=True,
                                     mutable=["cache"])  # (B, min(T0, block_size), V)
     first = draw_token(logits[:, -1], jax.random.fold_in(key, 0), sampling)
     tokens = token_buffer(prompt, max_new_tokens).at[:, prompt.shape[1]].set(first)
@@ -204,7 +204,7 @@ def generate_cached(config: GPTConfig, params, prompt: jax.Array, key: jax.Array
     `cache_sizes`, the last one block_size), then recompute per token or (cache="rolling") go on decoding into the
     KV cache as a ring buffer."""
     model, T0 = build_model(config), prompt.shape[1]
-    tokens, kv = prefill(model, params, prompt, key, sampling, max_new_tokens)
+    tokens, kv = prefill(model, params, prompt, key, sampling, config.block_size, max_new_tokens)
 
     def cached_step(carry, i, decode: Decode = True):
         return decode_step(model, params, key, sampling, T0, carry, i, decode), None

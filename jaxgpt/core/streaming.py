@@ -44,7 +44,7 @@ STREAM_CHUNK = 8  # tokens per compiled call: a chunk shows every few ms on a CP
 @functools.partial(jax.jit, static_argnames=("config", "max_new_tokens"))
 def _prefill(config: GPTConfig, params, prompt: jax.Array, key: jax.Array, sampling: Sampling, *,
              max_new_tokens: int) -> tuple[jax.Array, Any]:
-    return prefill(build_model(config), params, prompt, key, sampling, max_new_tokens)
+    return prefill(build_model(config), params, prompt, key, sampling, config.block_size, max_new_tokens)
 
 
 @functools.partial(jax.jit, static_argnames=("config", "max_new_tokens"))
