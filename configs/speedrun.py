@@ -3,7 +3,8 @@
 The modern recipe on a model the size of nanoGPT's CPU recipe: rotary positions, RMSNorm, QK-norm, no biases, an
 untied head, zero-initialised output projections, and Muon for the blocks' matrices (AdamW for the rest); the
 lecture's ReLU and no logit soft-capping, which at this length train better without. A bigger batch and far fewer
-steps than nanoGPT's 2000; one evaluation, over the whole val split, at the end; no loss plot of that one point.
+steps than nanoGPT's 2000; one evaluation, over the whole val split, at the end; no loss plot of that one point
+and no inspect page.
 """
 
 from jaxgpt import GPTConfig, TrainConfig
@@ -30,4 +31,5 @@ config = TrainConfig(
     checkpoint_interval=140,
     sample_chars=0,
     plot=False,
+    inspect=False,
 )

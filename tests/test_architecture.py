@@ -13,7 +13,7 @@ from jaxgpt.store import rundir
 
 PACKAGE = REPO / "jaxgpt"
 # jaxgpt/NAME.py: `python -m jaxgpt.NAME`
-COMMANDS = ("train", "sample", "eval", "prepare", "convert", "export", "plot")
+COMMANDS = ("train", "sample", "eval", "prepare", "convert", "export", "inspect", "plot")
 # Bottom to top; a module imports modules of its own layer and the layers below, never above.
 LAYERS = ("system", "core", "data", "store", "weights", "run", "cli", "commands")
 # Beyond "nothing above": what each layer may import (docs/architecture.md's picture).

@@ -40,8 +40,8 @@ def test_training_lowers_the_loss_and_writes_the_run(tmp_path, small_text_file):
     lines: list[str] = []
     result = train(tiny(tmp_path, small_text_file, max_iters=60, eval_interval=30, sample_chars=20), log=lines.append)
     run = tmp_path / "run"
-    assert sorted(p.name for p in run.iterdir()) == ["checkpoints", "checkpoints_best", "config.json", "loss.png",
-                                                     "metrics.jsonl", "tokenizer.json"]
+    assert sorted(p.name for p in run.iterdir()) == ["checkpoints", "checkpoints_best", "config.json", "inspect.html",
+                                                     "loss.png", "metrics.jsonl", "tokenizer.json"]
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records] == [0, 30, 60]
     assert records[-1]["val_loss"] < records[0]["val_loss"] - 0.3

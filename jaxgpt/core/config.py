@@ -296,6 +296,8 @@ class TrainConfig:
     health_metrics: bool = option(True, "each evaluation records the gradient norm, the fraction of steps clipped and "
                                         "each parameter group's update/param RMS ratio (computed in the step)")
     plot: bool = option(True, "write loss.png, the run's loss curves, at the end (needs matplotlib; ~2 s on a CPU)")
+    inspect: bool = option(True, "write inspect.html at the end: each token's loss and every head's attention over "
+                                 "a stretch of val text (python -m jaxgpt.inspect)")
     log_to: str = option("", "experiment trackers, comma-separated: tensorboard, wandb; empty: none (metrics.jsonl "
                              "always)", tracker_names)
     profile: str = option("", "START:STOP: a jax.profiler trace of those steps in out_dir/profile/; empty: none",

@@ -170,7 +170,8 @@ def _splash_on_one_device(q: jax.Array, k: jax.Array, v: jax.Array) -> jax.Array
 
 def causal_attention(q: jax.Array, k: jax.Array, v: jax.Array, implementation: Attention,
                      dropout: Callable[[jax.Array], jax.Array], mask: jax.Array | None = None,
-                     query_block: int | None = None) -> jax.Array:
+                     query_block: int | None = None,
+                     record: Callable[[jax.Array], object] | None = None) -> jax.Array:
     """softmax(q k^T / sqrt(hs), causal) v for every head: q (B, nh, Tq, hs), k, v (B, nh, Tk, hs) -> like q.
 
     `mask` (Tq, Tk) says which keys each query sees; None means the plain causal mask (Tq == Tk).
@@ -183,6 +184,7 @@ def causal_attention(q: jax.Array, k: jax.Array, v: jax.Array, implementation: A
     flash attention (GPU, bfloat16), "splash" the Pallas splash attention kernel (TPU): neither stores the
     (T, T) weights. The fused kernels take the plain causal mask; a sampler's cached steps (a `mask`) take XLA's.
     None but "xla" has dropout on the weights: they equal "xla" with dropout off. Scores and softmax are float32.
+    `record` ("xla" in one block only) is given the attention weights (B, nh, Tq, Tk), before dropout.
     """
     if implementation == "splash" and mask is None and q.shape[2] % 128 == 0:  # a sampler's odd windows: XLA's
         return splash_attention(q, k, v)
@@ -200,8 +202,10 @@ def causal_attention(q: jax.Array, k: jax.Array, v: jax.Array, implementation: A
     # affinities, scaled so that unit-variance q, k give unit-variance scores
     score_dtype = jnp.promote_types(q.dtype, jnp.float32)  # float32, or float64 in x64 tests
     wei = jnp.einsum("bhqd,bhkd->bhqk", q, k, preferred_element_type=score_dtype) * hs**-0.5  # (B, nh, Tq, Tk)
-    wei = jnp.where(mask, wei, -jnp.inf)
-    wei = dropout(jax.nn.softmax(wei, axis=-1))
+    wei = jax.nn.softmax(jnp.where(mask, wei, -jnp.inf), axis=-1)
+    if record is not None:
+        record(wei)
+    wei = dropout(wei)
     return jnp.einsum("bhqk,bhkd->bhqd", wei.astype(v.dtype), v)  # (B, nh, Tq, hs)
 
 
@@ -260,8 +264,13 @@ class CausalSelfAttention(nn.Module):
             k, v, mask = self._extend_cache(k, v, cache_index, rolling)  # keys and values (B, nh, S, hs)
         weights_dropout = functools.partial(Dropout(cfg.dropout), deterministic=deterministic)
         drops_weights = cfg.dropout > 0 and not deterministic  # the lecture's (T, T) dropout mask: one block
-        query_block = None if drops_weights else cfg.query_block
-        out = causal_attention(q, k, v, cfg.attention, weights_dropout, mask, query_block)  # (B, nh, T, hs)
+        inspected = self.is_mutable_collection("intermediates")  # the weights are sown there: one block, XLA's
+        if inspected and cfg.attention != "xla":
+            raise UsageError(f"attention={cfg.attention!r} does not compute the attention weights it applies; "
+                             "inspect the model with attention='xla', the same function")
+        query_block = None if drops_weights or inspected else cfg.query_block
+        record = functools.partial(self.sow, "intermediates", "attention") if inspected else None
+        out = causal_attention(q, k, v, cfg.attention, weights_dropout, mask, query_block, record)  # (B, nh, T, hs)
         out = out.swapaxes(1, 2).reshape(B, T, C)  # heads concatenated
         out = _dense(cfg, C, "proj", cfg.bias, projection=True)(out)
         return Dropout(cfg.dropout)(out, deterministic=deterministic)

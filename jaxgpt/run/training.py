@@ -29,6 +29,8 @@ from jaxgpt.core.sampling import generate
 from jaxgpt.data.batches import Batches, DeviceBatches, HostBatches
 from jaxgpt.data.text import Dataset
 from jaxgpt.data.tokenizers import default_prompt
+from jaxgpt.run.inspect_page import write_page
+from jaxgpt.run.inspection import inspect_text
 from jaxgpt.run.plot import write_loss_plot
 from jaxgpt.run.profiler import ProfileWindow
 from jaxgpt.run.resume import check_checkpoint, check_tokenizer_unchanged
@@ -39,10 +41,11 @@ from jaxgpt.run.trainer import Trainer
 from jaxgpt.store.checkpoint import RunCheckpoints
 from jaxgpt.store.rundir import RunDir
 from jaxgpt.system import sharding
-from jaxgpt.system.errors import JaxgptError
+from jaxgpt.system.errors import JaxgptError, UsageError
 from jaxgpt.system.interrupt import StopRequest
 
 PROGRESS_EVERY = 50  # steps between progress-bar loss readings
+INSPECT_WINDOWS, INSPECT_MIN_TOKENS = 4, 512  # the val stretch of inspect.html (a 256-token context: 1,024 tokens)
 
 
 def eval_steps(config: TrainConfig) -> list[int]:
@@ -75,6 +78,8 @@ def train(config: TrainConfig, log: Callable[[str], None] = print, stop: StopReq
         interrupted = run.fit(stop)  # the loop
         if not interrupted and config.plot and run.is_main and (no_plot := write_loss_plot(run.run_dir)):
             run.log(no_plot)
+        if not interrupted and config.inspect and run.is_main:
+            run.write_inspect_page()
     if not interrupted and config.sample_chars:
         run.log(run.sample_text(config.sample_chars))
     return TrainResult(run.state, run.dataset, run.config, run.history, interrupted)
@@ -330,6 +335,19 @@ class Run:
         if step < config.max_iters and self.last_saved != step:
             self.save()
         return step < config.max_iters
+
+    def write_inspect_page(self) -> None:
+        """inspect.html: the model over the first INSPECT_WINDOWS windows of the val split (at least
+        INSPECT_MIN_TOKENS tokens), as `python -m jaxgpt.inspect` shows a text."""
+        block = self.config.model.block_size
+        n_tokens = min(len(self.dataset.val), max(INSPECT_WINDOWS * block, INSPECT_MIN_TOKENS))
+        text = self.dataset.tokenizer.decode(np.asarray(self.dataset.val[:n_tokens]))
+        try:
+            seen = inspect_text(self.config.model, self.state.params, self.dataset.tokenizer, text, "this run")
+        except UsageError as err:  # a val stretch its tokenizer re-reads differently, a bigram model ...
+            self.log(f"no {self.run_dir.inspect_file.name}: {err}")
+            return
+        write_page(self.run_dir.inspect_file, text, [seen])
 
     def sample_text(self, num_tokens: int) -> str:
         """`num_tokens` tokens (characters with the lecture's tokenizer) continuing `default_prompt`: token 0, a

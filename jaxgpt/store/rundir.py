@@ -41,8 +41,9 @@ from jaxgpt.system.errors import JaxgptError, UsageError
 CONFIG, TOKENIZER, METRICS, PLOT = "config.json", TOKENIZER_FILE, "metrics.jsonl", "loss.png"
 CHECKPOINTS, BEST, UNUSABLE, PARAMS = "checkpoints", "checkpoints_best", "unusable_checkpoints", "params"
 TENSORBOARD, WANDB, WANDB_ID, PROFILE = "tensorboard", "wandb", "wandb_id.txt", "profile"
+INSPECT = "inspect.html"
 ENTRIES = (CONFIG, TOKENIZER, METRICS, PLOT, CHECKPOINTS, BEST, UNUSABLE, PARAMS, TENSORBOARD, WANDB, WANDB_ID,
-           PROFILE)  # what `--overwrite` removes
+           PROFILE, INSPECT)  # what `--overwrite` removes
 LOCK, OWNER = ".jaxgpt.lock", ".jaxgpt.owner"  # not part of a run: an out_dir holding only these is empty
 
 
@@ -56,7 +57,7 @@ class RunDir:
         self.checkpoints, self.best, self.unusable = self.path / CHECKPOINTS, self.path / BEST, self.path / UNUSABLE
         self.params = self.path / PARAMS
         self.tensorboard, self.wandb, self.profile = self.path / TENSORBOARD, self.path / WANDB, self.path / PROFILE
-        self.wandb_id_file = self.path / WANDB_ID
+        self.wandb_id_file, self.inspect_file = self.path / WANDB_ID, self.path / INSPECT
         self._lock: filelock.BaseFileLock | None = None
         self._created = False  # by acquire(): removed again if nothing was written
 
