@@ -254,10 +254,14 @@ def test_two_processes_match_one_and_only_process_0_reports(runs):
     _assert_same_training(run, runs["one_device"])
     # gloo's C++ library prints "[Gloo] Rank i is connected to n peer ranks ..." on stdout in every process, from
     # several threads: a line of it can arrive cut in two ("[Gloo] Rank " and "2 is connected to 3 peer ranks...")
-    main_lines, other_lines = ([line for line in out.splitlines() if not GLOO_LINE.search(line)]
+    # (and its pieces can leave an empty line behind)
+    main_lines, other_lines = ([line for line in out.splitlines() if line.strip() and not GLOO_LINE.search(line)]
                                for out, _ in run.outputs)
-    assert main_lines[0].endswith("M parameters") and main_lines[-1].startswith("step 20: train loss")
+    assert main_lines[0].endswith("M parameters") and main_lines[-2].startswith("step 20: train loss")
+    assert main_lines[-1] == (f"no inspect.html for a multi-host run: python -m jaxgpt.inspect {run.out_dir} "
+                              "--text=FILE writes one")
     assert other_lines == []
+    assert (runs["data8"].out_dir / "inspect.html").exists()  # one process, 8 devices: written
     assert len(_metrics(run)) == 5  # one line per evaluation: process 1 wrote none
 
 

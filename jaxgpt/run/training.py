@@ -339,6 +339,10 @@ class Run:
     def write_inspect_page(self) -> None:
         """inspect.html: the model over the first INSPECT_WINDOWS windows of the val split (at least
         INSPECT_MIN_TOKENS tokens), as `python -m jaxgpt.inspect` shows a text."""
+        if jax.process_count() > 1:  # its arrays would span hosts; the command reads the checkpoint on one
+            self.log(f"no {self.run_dir.inspect_file.name} for a multi-host run: python -m jaxgpt.inspect "
+                     f"{self.run_dir} --text=FILE writes one")
+            return
         block = self.config.model.block_size
         n_tokens = min(len(self.dataset.val), max(INSPECT_WINDOWS * block, INSPECT_MIN_TOKENS))
         text = self.dataset.tokenizer.decode(np.asarray(self.dataset.val[:n_tokens]))
