@@ -87,8 +87,8 @@ def copy_run(straight: TrainResult, dest: Path) -> Path:
 
 def test_reference_run_layout(straight):
     out = Path(straight.config.out_dir)
-    assert sorted(p.name for p in out.iterdir()) == ["checkpoints", "checkpoints_best", "config.json", "loss.png",
-                                                     "metrics.jsonl", "tokenizer.json"]
+    assert sorted(p.name for p in out.iterdir()) == ["checkpoints", "checkpoints_best", "config.json", "inspect.html",
+                                                     "loss.png", "metrics.jsonl", "tokenizer.json"]
     assert step_dirs(out) == [30, 45, 60]
     best_val = min(r["val_loss"] for r in straight.history)
     best_step = next(r["step"] for r in straight.history if r["val_loss"] == best_val)

@@ -31,6 +31,7 @@ from jaxgpt.run.inspection import inspect_text
 from jaxgpt.run.training import train
 from jaxgpt.store.checkpoint import save_params
 from jaxgpt.store.rundir import RunDir
+from jaxgpt.system.errors import UsageError
 
 TEXT = ("First Citizen:\nBefore we proceed any further, hear me speak.\n\nAll:\nSpeak, speak.\n\n"
         "First Citizen:\nYou are all resolved rather to die than to famish?\n")
@@ -82,6 +83,18 @@ def test_attention_equals_softmax_of_the_models_queries_and_keys():
     expected = np.exp(scores - scores.max(-1, keepdims=True))
     expected /= expected.sum(-1, keepdims=True)  # (nh, T, T)
     np.testing.assert_allclose(seen.attention[:T, 0].transpose(1, 0, 2), expected, atol=1e-5)
+
+
+def test_fused_attention_paths_are_inspected_through_xlas_and_refuse_to_sow():
+    """attention="dot_product" computes the same function without the weights: inspect reads them from XLA's
+    path (the same numbers), and asking that path itself to sow them is one line."""
+    fused = GPTConfig(**{**LEARNED.__dict__, "attention": "dot_product"})
+    params = params_of(LEARNED)
+    np.testing.assert_array_equal(inspect_text(fused, params, CHARS, TEXT, "m").attention,
+                                  inspect_text(LEARNED, params, CHARS, TEXT, "m").attention)
+    with pytest.raises(UsageError, match=r"^attention='dot_product' does not compute the attention weights it "
+                                         r"applies; inspect the model with attention='xla', the same function"):
+        GPT(fused).apply({"params": params}, jnp.zeros((1, 4), jnp.int32), mutable=["intermediates"])
 
 
 def test_top_k_are_the_likeliest_next_tokens():
@@ -239,6 +252,15 @@ def test_page_opens_from_a_file_and_a_click_shows_attention_and_top_k(run_dir, t
     assert browser.evaluate(session, "document.querySelectorAll('#attn .tok').length") == 20 % 16 + 1
     browser.evaluate(session, "document.querySelector('#grid td[data-l=\"1\"][data-h=\"1\"]').click()")
     assert browser.evaluate(session, "document.querySelector('#grid td.chosen').dataset.l") == "1"
+    assert browser.errors() == []
+
+
+def test_compare_page_shows_both_models_in_a_browser(run_dir, tmp_path, browser):
+    out = tmp_path / "page.html"
+    cli_inspect.main([str(run_dir), f"--text={TEXT}", f"--out={out}", f"--compare={run_dir}"])
+    session = browser.open(out.as_uri())
+    assert browser.evaluate(session, "document.querySelectorAll('#second .tok').length") == len(TEXT)
+    assert browser.evaluate(session, "document.getElementById('wins').textContent") == "0.0"  # ties: no win
     assert browser.errors() == []
 
 

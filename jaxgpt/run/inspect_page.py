@@ -4,8 +4,8 @@ fetched, so it opens offline from disk in any browser.
 It shows the text shaded by each token's loss; for a clicked token its model's top-k next tokens and the
 attention of every layer and head over the tokens before it (the text shaded for the chosen head, and a
 layer × head grid of how much each head gave the most-attended token); a per-head summary (how far back each
-head looks, how spread its weights are); and, for two models, each character's loss difference (per byte, so a
-character model and a BPE model compare over the same bytes).
+head looks, how spread its weights are); and, for two models, the second one's tokens shaded by their loss and
+each character's loss difference (per byte, so a character model and a BPE model compare over the same bytes).
 """
 
 from __future__ import annotations
@@ -212,7 +212,10 @@ function drawCompare() {
     return `<span style="background:${color}" title="${d === null ? "" : d + " bits"}">` +
       `${escapeHtml(c === "\\n" ? "\\u21b5\\n" : c)}</span>`;
   });
-  document.getElementById("compare").innerHTML = `<h2>${escapeHtml(M.source)} against ` +
+  const theirs = B.pieces.map((piece, i) => `<span class="tok" style="background:${shade(B.bits[i])}" ` +
+    `title="${B.bits[i] === null ? "" : B.bits[i] + " bits"}">${escapeHtml(show(piece))}</span>`);
+  document.getElementById("compare").innerHTML = `<h2>${escapeHtml(B.source)}: its tokens, shaded by loss</h2>` +
+    `<div id="second" class="text">${theirs.join("")}</div><h2>${escapeHtml(M.source)} against ` +
     `${escapeHtml(B.source)}, per character</h2><div class="note">green: ${escapeHtml(M.source)} spends fewer ` +
     `bits on the character; purple: ${escapeHtml(B.source)} does. ${escapeHtml(M.source)} wins on ` +
     `<span id="wins">${(100 * wins / Math.max(counted, 1)).toFixed(1)}</span>% of the characters.</div>` +
