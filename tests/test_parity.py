@@ -292,9 +292,8 @@ def test_hf_gpt2_matches_transformers(case):
 
 # Hand mutations of jaxgpt's attention that the bounds must catch: the future visible, scores 0.1% too large.
 MUTATIONS = {
-    "no causal mask": lambda attend: lambda q, k, v, implementation, dropout, mask=None, query_block=None: attend(
-        q, k, v, implementation, dropout, jnp.ones((q.shape[2], k.shape[2]), bool) if mask is None else mask,
-        query_block),
+    "no causal mask": lambda attend: lambda q, k, v, implementation, dropout, mask=None, *rest: attend(
+        q, k, v, implementation, dropout, jnp.ones((q.shape[2], k.shape[2]), bool) if mask is None else mask, *rest),
     "attention scale x1.001": lambda attend: lambda q, k, v, *rest: attend(q * 1.001, k, v, *rest),
 }
 TYPICAL = Case("lecture", vocab_size=65, block_size=32, n_layer=2, n_head=4, head_size=8, T=32, B=4, scale=0.1, seed=1)
