@@ -9,7 +9,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import os
-import tempfile
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -20,6 +19,7 @@ import platformdirs
 from jaxgpt.data.prepared import META, open_prepared
 from jaxgpt.data.tokenizers import CharTokenizer, Tokenizer
 from jaxgpt.system.errors import UsageError
+from jaxgpt.system.files import staged
 
 SHAKESPEARE_URL = "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt"
 SHAKESPEARE_SHA256 = "86c4e6aa9db7c042ec79f339dcb96d42b0075e16b8fc2e86bf0ca57e2dc565ed"
@@ -63,10 +63,8 @@ def download_shakespeare(dest: Path, url: str = SHAKESPEARE_URL) -> None:
     digest = _sha256(payload)
     if digest != SHAKESPEARE_SHA256:
         raise UsageError(f"download from {url} has sha256 {digest}, expected {SHAKESPEARE_SHA256}; not using it")
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile(dir=dest.parent, delete=False, suffix=".part") as tmp:
-        tmp.write(payload)
-    os.replace(tmp.name, dest)
+    with staged(dest) as staging:
+        staging.write_bytes(payload)
 
 
 def read_text(path: str | os.PathLike) -> str:

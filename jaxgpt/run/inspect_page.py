@@ -14,11 +14,11 @@ import base64
 import html
 import json
 import os
-from pathlib import Path
 
 import numpy as np
 
 from jaxgpt.run.inspection import Inspection
+from jaxgpt.system.files import write_text_atomically
 
 
 def _attention_blob(inspection: Inspection) -> str:
@@ -65,16 +65,8 @@ def render(text: str, inspections: list[Inspection]) -> str:
 
 
 def write_page(out: str | os.PathLike, text: str, inspections: list[Inspection]) -> None:
-    """`render`'s page written whole or not at all (a temporary neighbour, renamed into place)."""
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    temporary = out.with_name(f".{out.name}.{os.getpid()}.tmp")
-    try:
-        temporary.write_text(render(text, inspections), encoding="utf-8")
-        os.replace(temporary, out)
-    except BaseException:
-        temporary.unlink(missing_ok=True)
-        raise
+    """`render`'s page written whole or not at all."""
+    write_text_atomically(out, render(text, inspections))
 
 
 _PAGE = """<!doctype html>

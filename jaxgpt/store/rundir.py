@@ -37,6 +37,7 @@ import filelock
 from jaxgpt.core.config import TrainConfig
 from jaxgpt.data.tokenizers import TOKENIZER_FILE, Tokenizer, load_tokenizer
 from jaxgpt.system.errors import JaxgptError, UsageError
+from jaxgpt.system.files import write_text_atomically
 
 CONFIG, TOKENIZER, METRICS, PLOT = "config.json", TOKENIZER_FILE, "metrics.jsonl", "loss.png"
 CHECKPOINTS, BEST, UNUSABLE, PARAMS = "checkpoints", "checkpoints_best", "unusable_checkpoints", "params"
@@ -96,7 +97,7 @@ class RunDir:
             log(f"taking over {self.path}: the run that held it ({previous}) ended without releasing it")
         since = datetime.datetime.now().isoformat(" ", "seconds")
         owner = {"pid": os.getpid(), "host": socket.gethostname(), "since": since}
-        _write_atomically(self.path / OWNER, json.dumps(owner))
+        write_text_atomically(self.path / OWNER, json.dumps(owner))
 
     def _wait_for_owner(self, seconds: float = 2.0) -> str:
         """The holder, which writes its name just after taking the lock: wait for it a moment if it just did."""
@@ -192,13 +193,13 @@ class RunDir:
     # -- config and tokenizer -----------------------------------------------------------------------------------
 
     def write_config(self, config: TrainConfig) -> None:
-        _write_atomically(self.config_file, config.as_saved().to_json())
+        write_text_atomically(self.config_file, config.as_saved().to_json())
 
     def read_config(self) -> TrainConfig:
         return TrainConfig.from_json(self.config_file.read_text(encoding="utf-8"), str(self.config_file))
 
     def write_tokenizer(self, tokenizer: Tokenizer) -> None:
-        _write_atomically(self.tokenizer_file, tokenizer.to_json())
+        write_text_atomically(self.tokenizer_file, tokenizer.to_json())
 
     def read_tokenizer(self) -> Tokenizer:
         return load_tokenizer(self.tokenizer_file)
@@ -210,7 +211,7 @@ class RunDir:
         return self.wandb_id_file.read_text(encoding="utf-8").strip() or None
 
     def write_wandb_id(self, run_id: str) -> None:
-        _write_atomically(self.wandb_id_file, run_id + "\n")
+        write_text_atomically(self.wandb_id_file, run_id + "\n")
 
     # -- metrics ------------------------------------------------------------------------------------------------
 
@@ -238,7 +239,7 @@ class RunDir:
 
     def write_metrics(self, records: list[dict]) -> None:
         """Replace the metrics with `records`, atomically."""
-        _write_atomically(self.metrics_file, "".join(json.dumps(r) + "\n" for r in records))
+        write_text_atomically(self.metrics_file, "".join(json.dumps(r) + "\n" for r in records))
 
     def append_metrics(self, record: dict) -> None:
         """Add one record with a single write to the end of the file: a crash leaves it whole, absent or cut
@@ -250,13 +251,6 @@ class RunDir:
                 raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))  # a short write: the disk filled up mid-record
         finally:
             os.close(fd)
-
-
-def _write_atomically(path: Path, text: str) -> None:
-    """Write `text` to `path` through a temporary file in the same directory: the old or the new file, never half."""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
 
 
 def _is_metrics_record(value: object) -> bool:

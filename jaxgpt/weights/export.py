@@ -14,8 +14,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any, Literal
 
@@ -25,6 +23,7 @@ from flax import traverse_util
 from jaxgpt.core.config import GPTConfig
 from jaxgpt.data.tokenizers import CharTokenizer, TiktokenTokenizer, Tokenizer
 from jaxgpt.system.errors import UsageError
+from jaxgpt.system.files import staged
 from jaxgpt.weights.convert import _TIED_HEAD, LAYOUT_FIELDS, to_layout_arrays
 
 Format = Literal["hf", "pt"]
@@ -203,23 +202,12 @@ def export(params: dict, config: GPTConfig, tokenizer: Tokenizer | None, out: st
         raise UsageError(f"--format must be one of {', '.join(FORMATS)}, got {fmt!r}")
     if out.exists() and not overwrite and (out.is_file() or any(out.iterdir())):
         raise UsageError(f"{out} exists and is not empty; choose another OUT or pass --overwrite")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
+    with staged(out) as staging:
         if fmt == "hf":
+            staging.mkdir()
             write_hf(staging, params, config, tokenizer)
             what = "a Hugging Face GPT-2 directory"
-            if out.is_dir():
-                shutil.rmtree(out)
-            elif out.exists():
-                out.unlink()
-            os.replace(staging, out)
         else:
-            layout = write_pt(staging / "model.pt", params, config)
+            layout = write_pt(staging, params, config)
             what = f"the {'lecture' if layout == 'lecture' else 'nanoGPT'}'s .pt"
-            if out.is_dir():
-                shutil.rmtree(out)
-            os.replace(staging / "model.pt", out)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
     return f"wrote {what} to {out}"
