@@ -68,7 +68,7 @@ def test_padded_prompts_draw_what_generate_draws(config):
 
 def test_padded_prompts_compile_once():
     """After a first prompt has gone through every phase, prompts of other lengths compile nothing new."""
-    programs = (streaming._prefill_padded, streaming._chunk)
+    programs = (streaming._prefill, streaming._chunk)
     streamed(LEARNED, [[1] * 3], 200, padded=True)
     compiled = [program._cache_size() for program in programs]
     for T0 in (1, 20, 90, 128):

@@ -173,14 +173,22 @@ def decode_step(model: nn.Module, params, key: jax.Array, sampling: Sampling, pr
 
 
 def prefill(model: nn.Module, params, prompt: jax.Array, key: jax.Array, sampling: Sampling, block_size: int,
-            max_new_tokens: int) -> tuple[jax.Array, Any]:
+            max_new_tokens: int, prompt_len: jax.Array | None = None) -> tuple[jax.Array, Any]:
     """The last block_size prompt tokens (the lecture's crop) fill the KV cache and give new token 0 ->
-    (tokens (B, T0 + max_new_tokens) with the prompt and token 0, the 'cache' collection)."""
-    logits, variables = model.apply({"params": params}, prompt[:, -block_size:], decode=True,
-                                    mutable=["cache"])  # (B, min(T0, block_size), V)
-    first = draw_token(logits[:, -1], jax.random.fold_in(key, 0), sampling)
-    tokens = token_buffer(prompt, max_new_tokens).at[:, prompt.shape[1]].set(first)
-    return tokens, variables.get("cache", {})  # the bigram model keeps none
+    (tokens (B, T0 + max_new_tokens) with the prompt and token 0, the 'cache' collection).
+
+    With `prompt_len` (an array: one program for every length), only the first prompt_len tokens of `prompt`
+    (B, P <= block_size) are the prompt and the rest is padding: causal attention keeps it out of their logits,
+    and the cache's index set to prompt_len lets decoding overwrite it."""
+    context = prompt[:, -block_size:] if prompt_len is None else prompt  # (B, T, ...)
+    logits, variables = model.apply({"params": params}, context, decode=True, mutable=["cache"])  # (B, T, V)
+    last = logits.shape[1] - 1 if prompt_len is None else prompt_len - 1
+    first = draw_token(jax.lax.dynamic_index_in_dim(logits, last, axis=1, keepdims=False),
+                       jax.random.fold_in(key, 0), sampling)  # (B,)
+    at = prompt.shape[1] if prompt_len is None else prompt_len
+    tokens = jax.lax.dynamic_update_slice_in_dim(token_buffer(prompt, max_new_tokens), first[:, None], at, axis=1)
+    kv = variables.get("cache", {})  # the bigram model keeps none
+    return tokens, {**kv, "index": prompt_len} if kv and prompt_len is not None else kv
 
 
 def cached_steps(cache_sizes: tuple[int, ...], prompt_len: int, max_new_tokens: int) -> list[tuple[int, range]]:

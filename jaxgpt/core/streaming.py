@@ -29,12 +29,10 @@ from jaxgpt.core.sampling import (
     check_cache,
     check_generate_args,
     decode_step,
-    draw_token,
     kv_cache_sizes,
     prefill,
     recompute_step,
     resize_cache,
-    token_buffer,
 )
 from jaxgpt.system.errors import UsageError
 
@@ -42,24 +40,10 @@ STREAM_CHUNK = 8  # tokens per compiled call: a chunk shows every few ms on a CP
 
 
 @functools.partial(jax.jit, static_argnames=("config", "max_new_tokens"))
-def _prefill(config: GPTConfig, params, prompt: jax.Array, key: jax.Array, sampling: Sampling, *,
-             max_new_tokens: int) -> tuple[jax.Array, Any]:
-    return prefill(build_model(config), params, prompt, key, sampling, config.block_size, max_new_tokens)
-
-
-@functools.partial(jax.jit, static_argnames=("config", "max_new_tokens"))
-def _prefill_padded(config: GPTConfig, params, padded: jax.Array, prompt_len: jax.Array, key: jax.Array,
-                    sampling: Sampling, *, max_new_tokens: int) -> tuple[jax.Array, Any]:
-    """`prefill` of the first `prompt_len` tokens of `padded` (B, block_size), the rest padding: causal attention
-    keeps it out of their logits, and the cache's index set to prompt_len lets decoding overwrite it."""
-    model = build_model(config)
-    logits, variables = model.apply({"params": params}, padded, decode=True, mutable=["cache"])  # (B, P, V)
-    last = jax.lax.dynamic_index_in_dim(logits, prompt_len - 1, axis=1, keepdims=False)  # (B, V)
-    first = draw_token(last, jax.random.fold_in(key, 0), sampling)  # (B,)
-    tokens = jax.lax.dynamic_update_slice_in_dim(token_buffer(padded, max_new_tokens), first[:, None], prompt_len,
-                                                 axis=1)
-    kv = variables.get("cache", {})  # the bigram model keeps none
-    return tokens, {**kv, "index": prompt_len} if kv else kv
+def _prefill(config: GPTConfig, params, prompt: jax.Array, prompt_len: jax.Array | None, key: jax.Array,
+             sampling: Sampling, *, max_new_tokens: int) -> tuple[jax.Array, Any]:
+    """`sampling.prefill`, compiled; a padded prompt (`prompt_len` an array) makes one program for every length."""
+    return prefill(build_model(config), params, prompt, key, sampling, config.block_size, max_new_tokens, prompt_len)
 
 
 @functools.partial(jax.jit, static_argnames=("config", "mode"), donate_argnames=("tokens", "kv"))
@@ -92,11 +76,11 @@ def stream(config: GPTConfig, params, prompt, max_new_tokens: int, key: jax.Arra
         prompt = prompt[:, -config.block_size:]
         T0 = prompt.shape[1]
         room = jnp.zeros((prompt.shape[0], config.block_size), jnp.int32).at[:, :T0].set(prompt)  # (B, P)
-        tokens, kv = _prefill_padded(config, params, room, jnp.int32(T0), key, sampling,
+        tokens, kv = _prefill(config, params, room, jnp.int32(T0), key, sampling,
                                      max_new_tokens=max_new_tokens)
     else:
         T0 = prompt.shape[1]
-        tokens, kv = _prefill(config, params, prompt, key, sampling, max_new_tokens=max_new_tokens)
+        tokens, kv = _prefill(config, params, prompt, None, key, sampling, max_new_tokens=max_new_tokens)
     yield np.asarray(tokens[:, T0:T0 + 1])
     # the phases of sampling.generate_cached: each cache size, then (beyond block_size) rolling or recompute
     phases = [(steps, True, size) for size, steps in cached_steps(tuple(kv_cache_sizes(config.block_size)), T0,
