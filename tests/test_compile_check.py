@@ -44,9 +44,9 @@ GPTFIELDS = {field.name for field in dataclasses.fields(load_config("tiny").mode
 @pytest.mark.parametrize("target,fsdp", [pytest.param("tpu-v5e-1", 1, marks=needs_tpu),
                                          pytest.param("tpu-v5e-4", 2, marks=needs_tpu),
                                          pytest.param("h100-1", 1, marks=needs_gpu)])
-def test_tiny_compiles_its_train_step_evaluation_and_sampler(shakespeare_path, target, fsdp):
+def test_tiny_compiles_its_train_step_evaluation_sampler_and_inspect_page(shakespeare_path, target, fsdp):
     report = check_train(tiny(shakespeare_path, fsdp=fsdp), find_target(target), log=lambda _: None)
-    assert [p.name.split(" (")[0] for p in report.programs] == ["train step", "evaluation", "sampler"]
+    assert [p.name.split(" (")[0] for p in report.programs] == ["train step", "evaluation", "sampler", "inspect page"]
     assert report.fit_problem() is None
     assert all(p.arguments > 0 and p.temporaries >= 0 for p in report.programs)
     assert report.step_seconds_bound() > 0
@@ -54,6 +54,23 @@ def test_tiny_compiles_its_train_step_evaluation_and_sampler(shakespeare_path, t
     table = report.format()
     assert f"compiled for {target}" in table and "compiled, not run" in table
 
+
+
+@needs_gpu
+def test_the_inspect_page_is_compiled_where_the_run_writes_one(shakespeare_path):
+    """A run writes inspect.html unless --inspect=false, and never on several hosts (its arrays would span them);
+    its forward pass keeps every attention weight, the program that needs most at long contexts with a fused
+    attention (benchmarks/RESULTS.md, "On an H200")."""
+    def names(config, target):
+        return [p.name.split(" (")[0] for p in check_train(config, find_target(target), log=lambda _: None).programs]
+
+    assert "inspect page" in names(tiny(shakespeare_path), "h100-1")
+    assert "inspect page" not in names(tiny(shakespeare_path, inspect=False), "h100-1")
+    assert "inspect page" not in names(tiny(shakespeare_path, batch_size=16), "h100-8x2")  # 2 hosts
+    report = check_train(tiny(shakespeare_path, block_size=256), find_target("h100-1"), log=lambda _: None)
+    page = next(p for p in report.programs if p.name == "inspect page")
+    model = load_config("tiny").model
+    assert page.outputs >= 4 * model.n_layer * model.n_head * 256 * 256 * 4  # 4 windows' (T, T) float32 weights
 
 @needs_tpu
 def test_the_memory_table_is_the_compiled_programs_memory_analysis(shakespeare_path):
@@ -146,7 +163,7 @@ def test_train_compile_for_prints_the_table_and_exits_0(shakespeare_path):
                    "--compile_for=tpu-v5e-4", "--fsdp=2"])
     assert result.returncode == 0, result.stderr
     assert "train: compiled for tpu-v5e-4 (4 x TPU v5e, 16.00 GiB each); compiled, not run" in result.stdout
-    for row in ("train step (x10)", "evaluation", "sampler", "step time >= "):
+    for row in ("train step (x10)", "evaluation", "sampler", "inspect page", "step time >= "):
         assert row in result.stdout
     assert result.stderr == ""
 
@@ -214,7 +231,7 @@ def test_a_program_that_does_not_fit_exits_1_saying_what_to_change(monkeypatch, 
     monkeypatch.setitem(TARGETS, "tpu-v5e-1", small)
     with pytest.raises(SystemExit) as exit_info:
         run_cli(train.main, ["--config=tiny", f"--data_path={shakespeare_path}", "--compile_for=tpu-v5e-1",
-                             "--sample_chars=0"])
+                             "--sample_chars=0", "--inspect=false"])
     assert exit_info.value.code == 1
     out, err = capsys.readouterr()
     assert "train step (x10)" in out

@@ -1,13 +1,13 @@
 """A run's programs compiled for an accelerator that is not here: memory per device, FLOPs and a time bound.
 
 `check_train(config, target)` builds the programs `python -m jaxgpt.train` would run with `config` (the train step
-with its steps per call and grad_accum, the evaluation, the sampler at the end) from the same code, on the
-target's devices (jaxgpt.system.targets), with abstract arguments: nothing is initialized, moved or run, and
-no weights are read (`--init_from` contributes its config). `check_sample` and `check_eval` do the same for
-`python -m jaxgpt.sample` and `python -m jaxgpt.eval`. Each program is compiled by the target's own compiler
-(libtpu, XLA:GPU) and measured from the compiled program: `memory_analysis()` per device; `cost_analysis()` FLOPs
-and bytes where the compiler gives them
-(TPU), jaxgpt's count (core/mfu.py) where not (GPU).
+with its steps per call and grad_accum, the evaluation, the sampler at the end, the inspect page's forward pass)
+from the same code, on the target's devices (jaxgpt.system.targets), with abstract arguments: nothing is
+initialized, moved or run, and no weights are read (`--init_from` contributes its config). `check_sample` and
+`check_eval` do the same for `python -m jaxgpt.sample` and `python -m jaxgpt.eval`. Each program is compiled by
+the target's own compiler (libtpu, XLA:GPU) and measured from the compiled program: `memory_analysis()` per
+device; `cost_analysis()` FLOPs and bytes where the compiler gives them (TPU), jaxgpt's count (core/mfu.py) where
+not (GPU).
 
 The figures are compiled, not run: the step time is a lower bound (peak FLOP/s and memory bandwidth), and the
 time at a stated MFU an estimate.
@@ -37,6 +37,7 @@ from jaxgpt.core.optim import make_optimizer
 from jaxgpt.core.sampling import Sampling, cached_program_options, generate_cached
 from jaxgpt.data.text import load_dataset
 from jaxgpt.run.evaluate import check_block_size, whole_split_window_specs
+from jaxgpt.run.inspection import lowered_read, run_page_tokens
 from jaxgpt.run.step import TrainState, make_train_step, resolved_steps_per_call
 from jaxgpt.run.training import make_batches
 from jaxgpt.system import sharding
@@ -313,6 +314,12 @@ def check_train(config: TrainConfig, target: Target, log: Callable[[str], None] 
         if config.sample_chars:
             programs.append(Program.measure("sampler", _sampler(config.model, state.params, replicated, 1, 1,
                                                                 config.sample_chars)))
+        one_host = len({device.process_index for device in devices}) == 1  # a multi-host run writes no page
+        if config.inspect and config.model.model_type == "gpt" and one_host:
+            T = config.model.block_size
+            n_windows = -(-run_page_tokens(len(dataset.val), T) // T)
+            programs.append(Program.measure("inspect page", lowered_read(config.model, state.params, n_windows,
+                                                                         replicated)))
     batches.close()
     params_bytes = _per_device_bytes(abstract.params, placement.state.params)
     optimizer_bytes = _per_device_bytes(abstract.opt_state, placement.state.opt_state)

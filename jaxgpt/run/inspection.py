@@ -21,6 +21,8 @@ from jaxgpt.data.tokenizers import Tokenizer
 from jaxgpt.system.errors import UsageError
 
 WINDOWS_PER_CALL = 8  # windows scored per compiled call: bounds the attention weights held at once
+TOP_K = 5  # the next tokens the page lists after each token
+RUN_PAGE_WINDOWS, RUN_PAGE_MIN_TOKENS = 4, 512  # the val stretch of a run's inspect.html (block 256: 1,024 tokens)
 LN2 = float(np.log(2.0))
 
 
@@ -36,7 +38,7 @@ class Inspection:
     top_probs: np.ndarray  # (N, k) float32
     attention: np.ndarray  # (N, L, H, window) float32: query i's weights over its window's keys, 0 after i
     window: int
-    vocab: list[str]  # every token's text, for the top-k
+    vocab: dict[int, str]  # the text of each token id shown: the text's and the top-k's
 
     @property
     def loss(self) -> float:
@@ -58,6 +60,23 @@ class Inspection:
         return distance, entropy.mean(0)
 
 
+def run_page_tokens(n_val: int, block_size: int) -> int:
+    """How many val tokens a training run's inspect.html reads: RUN_PAGE_WINDOWS windows, at least
+    RUN_PAGE_MIN_TOKENS, at most the split."""
+    return min(n_val, max(RUN_PAGE_WINDOWS * block_size, RUN_PAGE_MIN_TOKENS))
+
+
+def _inspected(config: GPTConfig) -> GPTConfig:
+    """The model as inspection runs it: the same function, with the attention weights to sow."""
+    return dataclasses.replace(config, dropout=0.0, attention="xla")
+
+
+def lowered_read(config: GPTConfig, params, n_windows: int, where: jax.sharding.Sharding) -> jax.stages.Lowered:
+    """The largest program `inspect_tokens` runs for `n_windows` windows, lowered (the compile checks' view)."""
+    windows = jax.ShapeDtypeStruct((min(n_windows, WINDOWS_PER_CALL), config.block_size), jnp.int32, sharding=where)
+    return _read_windows.lower(_inspected(config), params, windows, min(TOP_K, config.vocab_size))
+
+
 @functools.partial(jax.jit, static_argnames=("config", "top_k"))
 def _read_windows(config: GPTConfig, params, windows: jax.Array, top_k: int):
     """windows (W, T) -> log-probs of the next tokens (W, T, V), top-k (W, T, k) ids and probs, attention
@@ -71,18 +90,25 @@ def _read_windows(config: GPTConfig, params, windows: jax.Array, top_k: int):
 
 
 def inspect_text(config: GPTConfig, params, tokenizer: Tokenizer, text: str, source: str,
-                 top_k: int = 5) -> Inspection:
+                 top_k: int = TOP_K) -> Inspection:
     """`text` read by the model: see `Inspection`. UsageError for a text of fewer than 2 tokens or characters
     outside the tokenizer's vocabulary."""
-    if config.model_type != "gpt":
-        raise UsageError(f"{source} is a {config.model_type} model, which has no attention to inspect")
     try:
         tokens = np.asarray(tokenizer.encode(text), np.int32)
     except UsageError as err:
         raise UsageError(f"the text has {err}; inspect text the model's tokenizer can spell") from None
+    return inspect_tokens(config, params, tokenizer, tokens, source, top_k)
+
+
+def inspect_tokens(config: GPTConfig, params, tokenizer: Tokenizer, tokens: np.ndarray, source: str,
+                   top_k: int = TOP_K) -> Inspection:
+    """The token ids `tokens` (N,) read by the model: see `Inspection`. UsageError for fewer than 2 tokens."""
+    if config.model_type != "gpt":
+        raise UsageError(f"{source} is a {config.model_type} model, which has no attention to inspect")
+    tokens = np.asarray(tokens, np.int32)
     if len(tokens) < 2:
         raise UsageError(f"the text is {len(tokens)} token(s) long; give at least 2 tokens (the first is only read)")
-    config = dataclasses.replace(config, dropout=0.0, attention="xla")  # the same function, with weights to sow
+    config = _inspected(config)
     T, N = config.block_size, len(tokens)
     n_windows = -(-N // T)
     padded = np.zeros(n_windows * T, np.int32)
@@ -98,7 +124,7 @@ def inspect_text(config: GPTConfig, params, tokenizer: Tokenizer, text: str, sou
     top_probs = np.concatenate([np.asarray(p[2]) for p in parts]).reshape(n_windows * T, k)[:N]
     attention = np.concatenate([np.asarray(p[3]) for p in parts])  # (W, L, H, T, T)
     attention = attention.transpose(0, 3, 1, 2, 4).reshape(n_windows * T, config.n_layer, config.n_head, T)[:N]
-    vocab = [tokenizer.decode([i]) for i in range(config.vocab_size)]
-    return Inspection(source=source, pieces=[vocab[t] for t in tokens], token_bytes=tokenizer.token_bytes()[tokens],
-                      bits=bits, top_ids=top_ids, top_probs=top_probs, attention=attention, window=T, vocab=vocab)
-
+    vocab = {int(i): tokenizer.decode([int(i)]) for i in np.unique(np.concatenate([tokens, top_ids.ravel()]))}
+    return Inspection(source=source, pieces=[vocab[int(t)] for t in tokens],
+                      token_bytes=tokenizer.token_bytes()[tokens], bits=bits, top_ids=top_ids, top_probs=top_probs,
+                      attention=attention, window=T, vocab=vocab)

@@ -30,7 +30,7 @@ from jaxgpt.data.batches import Batches, DeviceBatches, HostBatches
 from jaxgpt.data.text import Dataset
 from jaxgpt.data.tokenizers import default_prompt
 from jaxgpt.run.inspect_page import write_page
-from jaxgpt.run.inspection import inspect_text
+from jaxgpt.run.inspection import inspect_tokens, run_page_tokens
 from jaxgpt.run.plot import write_loss_plot
 from jaxgpt.run.profiler import ProfileWindow
 from jaxgpt.run.resume import check_checkpoint, check_tokenizer_unchanged
@@ -45,7 +45,6 @@ from jaxgpt.system.errors import JaxgptError, UsageError
 from jaxgpt.system.interrupt import StopRequest
 
 PROGRESS_EVERY = 50  # steps between progress-bar loss readings
-INSPECT_WINDOWS, INSPECT_MIN_TOKENS = 4, 512  # the val stretch of inspect.html (a 256-token context: 1,024 tokens)
 
 
 def eval_steps(config: TrainConfig) -> list[int]:
@@ -337,18 +336,18 @@ class Run:
         return step < config.max_iters
 
     def write_inspect_page(self) -> None:
-        """inspect.html: the model over the first INSPECT_WINDOWS windows of the val split (at least
-        INSPECT_MIN_TOKENS tokens), as `python -m jaxgpt.inspect` shows a text."""
+        """inspect.html: the model over the start of the val split (`run_page_tokens`), as `python -m
+        jaxgpt.inspect` shows a text."""
         if jax.process_count() > 1:  # its arrays would span hosts; the command reads the checkpoint on one
             self.log(f"no {self.run_dir.inspect_file.name} for a multi-host run: python -m jaxgpt.inspect "
                      f"{self.run_dir} --text=FILE writes one")
             return
-        block = self.config.model.block_size
-        n_tokens = min(len(self.dataset.val), max(INSPECT_WINDOWS * block, INSPECT_MIN_TOKENS))
-        text = self.dataset.tokenizer.decode(np.asarray(self.dataset.val[:n_tokens]))
+        n_tokens = run_page_tokens(len(self.dataset.val), self.config.model.block_size)
+        tokens = np.asarray(self.dataset.val[:n_tokens])
+        text = self.dataset.tokenizer.decode(tokens)
         try:
-            seen = inspect_text(self.config.model, self.state.params, self.dataset.tokenizer, text, "this run")
-        except UsageError as err:  # a val stretch its tokenizer re-reads differently, a bigram model ...
+            seen = inspect_tokens(self.config.model, self.state.params, self.dataset.tokenizer, tokens, "this run")
+        except UsageError as err:  # a bigram model, a val split of one token
             self.log(f"no {self.run_dir.inspect_file.name}: {err}")
             return
         write_page(self.run_dir.inspect_file, text, [seen])
