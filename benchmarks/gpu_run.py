@@ -1,0 +1,192 @@
+"""What jaxgpt does on a real NVIDIA GPU: run on a machine that has one (benchmarks/RESULTS.md, "On an H200").
+
+Each case is a whole process, in turn, timed from its start (imports and compilation included, a cold compilation
+cache for the first program of each shape):
+
+- `jaxgpt`: `python -m jaxgpt.train` with the given flags, in a process that also prints the time of every log
+  line and the device's peak memory (`memory_stats()["peak_bytes_in_use"]`) at the end.
+- `torch`: the lecture's gpt.py loop (its model, AdamW, `estimate_loss` every `eval_interval` steps on
+  `eval_iters` batches per split, batches gathered on the host and copied over) on the GPU, in float32 as gpt.py
+  runs it (PyTorch's default: no TF32) or under bfloat16 autocast.
+- `compiled`: jaxgpt's `--compile_for` check, but compiled for this process's real GPU instead of a deviceless
+  one, to set its memory figures beside the deviceless prediction made on a CPU machine.
+
+Usage (on the GPU machine): `JAXGPT_DATA=input.txt python benchmarks/gpu_run.py --out=DIR`; the table of cases
+is `CASES` below. Writes DIR/gpu_run.json (every case's log, wall time, peak memory) and prints a summary.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+START = time.perf_counter()
+
+LECTURE_1000 = ["--config=lecture", "--max_iters=1000"]
+ATTENTION_1024 = ["--config=lecture", "--block_size=1024", "--batch_size=8", "--dropout=0", "--max_iters=400",
+                  "--eval_interval=200", "--eval_iters=20"]
+CASES: list[tuple[str, list[str]]] = [
+    ("jaxgpt", ["--config=lecture"]),  # the lecture's run: 5,000 steps, bfloat16 matmuls (dtype auto on a GPU)
+    ("torch", ["--max_iters=1000", "--precision=float32"]),  # gpt.py as written
+    ("jaxgpt", [*LECTURE_1000, "--dtype=float32"]),  # XLA runs float32 matmuls on TF32 tensor cores
+    ("torch", ["--max_iters=1000", "--precision=bfloat16"]),  # under torch.autocast, as nanoGPT trains on a GPU
+    ("jaxgpt", [*LECTURE_1000]),
+    ("jaxgpt", [*ATTENTION_1024, "--attention=xla"]),
+    ("jaxgpt", [*ATTENTION_1024, "--attention=cudnn"]),
+    ("compiled", ["--config=lecture"]),
+    ("compiled", [*ATTENTION_1024, "--attention=xla"]),
+    ("compiled", [*ATTENTION_1024, "--attention=cudnn"]),
+]
+
+
+def stamped(line: str) -> None:
+    print(f"[{time.perf_counter() - START:8.2f}s] {line}", flush=True)
+
+
+def jaxgpt_case(argv: list[str]) -> None:
+    import jax
+
+    from jaxgpt.cli import parse_train_command
+    from jaxgpt.run.training import train
+    from jaxgpt.system import compile_cache
+
+    config, _ = parse_train_command(argv)
+    compile_cache.enable_default()
+    stamped(f"devices: {jax.devices()}")
+    train(config, log=stamped)
+    stats = jax.devices()[0].memory_stats() or {}
+    stamped(f"peak_bytes_in_use {stats.get('peak_bytes_in_use')}")
+
+
+def torch_case(argv: list[str]) -> None:
+    """The lecture's gpt.py on the GPU: hyperparameters of `--config=lecture`, its loop and its evaluation."""
+    import torch
+
+    from jaxgpt.torch_reference.lecture import GPTLanguageModel
+
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--max_iters", type=int, default=5000)
+    parser.add_argument("--precision", choices=("float32", "bfloat16"), default="float32")
+    args = parser.parse_args(argv)
+    batch_size, block_size, eval_interval, eval_iters, device = 64, 256, 500, 200, "cuda"
+    torch.manual_seed(1337)
+    text = Path(os.environ["JAXGPT_DATA"]).read_text(encoding="utf-8")
+    chars = sorted(set(text))
+    stoi = {ch: i for i, ch in enumerate(chars)}
+    data = torch.tensor([stoi[c] for c in text], dtype=torch.long)
+    n = int(0.9 * len(data))
+    splits = {"train": data[:n], "val": data[n:]}
+
+    def get_batch(split: str) -> tuple[torch.Tensor, torch.Tensor]:
+        d = splits[split]
+        ix = torch.randint(len(d) - block_size, (batch_size,))
+        x = torch.stack([d[i:i + block_size] for i in ix])
+        y = torch.stack([d[i + 1:i + block_size + 1] for i in ix])
+        return x.to(device), y.to(device)
+
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=args.precision == "bfloat16")
+
+    @torch.no_grad()
+    def estimate_loss() -> dict[str, float]:
+        model.eval()
+        out = {}
+        for split in ("train", "val"):
+            losses = torch.zeros(eval_iters)
+            for k in range(eval_iters):
+                with autocast:
+                    losses[k] = model(*get_batch(split))[1].item()
+            out[split] = losses.mean().item()
+        model.train()
+        return out
+
+    model = GPTLanguageModel(len(chars), block_size, 6, 6, 384, 0.2).to(device)
+    stamped(f"{sum(p.numel() for p in model.parameters()) / 1e6} M parameters on {torch.cuda.get_device_name()}")
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-4)
+    for it in range(args.max_iters):
+        if it % eval_interval == 0 or it == args.max_iters - 1:
+            losses = estimate_loss()
+            stamped(f"step {it}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}")
+        with autocast:
+            _, loss = model(*get_batch("train"))
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+    torch.cuda.synchronize()
+    stamped(f"peak_bytes_in_use {torch.cuda.max_memory_allocated()}")
+
+
+def compiled_case(argv: list[str]) -> None:
+    """`--compile_for=h200-1`'s check, compiled for this process's own GPU (the deviceless topology replaced by
+    jax.devices(): same programs, same code, a real device's compiler)."""
+    import jax
+
+    from jaxgpt.cli import parse_train_command
+    from jaxgpt.run import compile_check
+    from jaxgpt.system.targets import find_target
+
+    compile_check.target_devices = lambda target: jax.devices()[:target.devices]
+    config, _ = parse_train_command(argv)
+    report = compile_check.check_train(config, find_target("h200-1"), log=stamped)
+    print(report.format(), flush=True)
+
+
+PEAK = re.compile(r"peak_bytes_in_use (\d+)")
+
+
+def drive(out: Path, only: list[int] | None, timeout: float) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    results = {"host": platform.node(), "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "cases": []}
+    try:
+        results["nvidia_smi"] = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True).stdout
+    except OSError as err:
+        results["nvidia_smi"] = str(err)
+    for index, (kind, argv) in enumerate(CASES):
+        if only and index not in only:
+            continue
+        flags = list(argv)
+        if kind == "jaxgpt":
+            flags += [f"--out_dir={tempfile.gettempdir()}/gpu_run/run{index}", "--overwrite"]  # checkpoints: not in out
+        command = [sys.executable, __file__, f"--case={kind}", "--", *flags]
+        began = time.perf_counter()
+        try:
+            done = subprocess.run(command, capture_output=True, text=True, timeout=timeout)
+            log, rc = done.stdout + done.stderr[-4000:], done.returncode
+        except subprocess.TimeoutExpired as err:
+            partial = err.stdout.decode(errors="replace") if isinstance(err.stdout, bytes) else err.stdout or ""
+            log, rc = f"{partial}\ntimed out after {timeout} s", "timeout"
+        wall = time.perf_counter() - began
+        peak = PEAK.findall(log)
+        case = {"index": index, "kind": kind, "flags": argv, "rc": rc, "wall_s": round(wall, 2),
+                "peak_bytes": int(peak[-1]) if peak else None, "log": log}
+        results["cases"].append(case)
+        shown = [line for line in log.splitlines() if "val loss" in line][-3:] if rc == 0 else log.splitlines()[-6:]
+        memory = f"peak {case['peak_bytes'] / 2**30:.3f} GiB" if peak else "peak not read"
+        print(f"case {index} {kind} {' '.join(argv)}: rc={rc}, wall {wall:.1f} s, {memory}", *shown, sep="\n  ",
+              flush=True)
+        (out / "gpu_run.json").write_text(json.dumps(results, indent=1))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--case", choices=("jaxgpt", "torch", "compiled"))
+    parser.add_argument("--out", default="gpu_run")
+    parser.add_argument("--only", type=int, nargs="*", help="case numbers to run (default: all)")
+    parser.add_argument("--timeout", type=float, default=240, help="seconds per case")
+    args, rest = parser.parse_known_args()
+    rest = [arg for arg in rest if arg != "--"]
+    if args.case:
+        {"jaxgpt": jaxgpt_case, "torch": torch_case, "compiled": compiled_case}[args.case](rest)
+    else:
+        drive(Path(args.out), args.only, args.timeout)
+
+
+if __name__ == "__main__":
+    main()
