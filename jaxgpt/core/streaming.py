@@ -76,8 +76,7 @@ def stream(config: GPTConfig, params, prompt, max_new_tokens: int, key: jax.Arra
         prompt = prompt[:, -config.block_size:]
         T0 = prompt.shape[1]
         room = jnp.zeros((prompt.shape[0], config.block_size), jnp.int32).at[:, :T0].set(prompt)  # (B, P)
-        tokens, kv = _prefill(config, params, room, jnp.int32(T0), key, sampling,
-                                     max_new_tokens=max_new_tokens)
+        tokens, kv = _prefill(config, params, room, jnp.int32(T0), key, sampling, max_new_tokens=max_new_tokens)
     else:
         T0 = prompt.shape[1]
         tokens, kv = _prefill(config, params, prompt, None, key, sampling, max_new_tokens=max_new_tokens)
