@@ -142,7 +142,8 @@ def test_command_writes_one_page(run_dir, tmp_path, capsys):
     data = json.loads(re.search(r'<script id="data" type="application/json">(.*?)</script>', page, re.S).group(1))
     model = data["models"][0]
     attention = np.frombuffer(base64.b64decode(model["attention"]), np.uint8)
-    assert attention.size == len(TEXT) * LEARNED.n_layer * LEARNED.n_head * LEARNED.block_size
+    kept = sum(i % LEARNED.block_size + 1 for i in range(len(TEXT)))  # each query's keys up to itself
+    assert attention.size == kept * LEARNED.n_layer * LEARNED.n_head
     assert all(d == 0 for d in data["char_diff"] if d is not None)  # a model against itself
 
 
@@ -252,6 +253,10 @@ def test_page_opens_from_a_file_and_a_click_shows_attention_and_top_k(run_dir, t
     assert browser.evaluate(session, "document.querySelectorAll('#attn .tok').length") == 20 % 16 + 1
     browser.evaluate(session, "document.querySelector('#grid td[data-l=\"1\"][data-h=\"1\"]').click()")
     assert browser.evaluate(session, "document.querySelector('#grid td.chosen').dataset.l") == "1"
+    seen = inspect_text(LEARNED, params_of(LEARNED), CHARS, TEXT, "m")
+    for i, l, h in ((0, 0, 0), (15, 1, 0), (16, 0, 1), (20, 1, 1), (len(TEXT) - 1, 1, 1)):  # window edges
+        shown = browser.evaluate(session, f"JSON.stringify(weights({i}, {l}, {h}))")
+        np.testing.assert_allclose(json.loads(shown), np.round(seen.attention[i, l, h] * 255) / 255, atol=1e-12)
     assert browser.errors() == []
 
 

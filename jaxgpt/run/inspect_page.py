@@ -22,8 +22,13 @@ from jaxgpt.system.files import write_text_atomically
 
 
 def _attention_blob(inspection: Inspection) -> str:
-    """The attention weights as base64 of uint8 (weight * 255, rounded), laid out (N, L, H, window)."""
-    return base64.b64encode(np.round(inspection.attention * 255).astype(np.uint8).tobytes()).decode("ascii")
+    """The attention weights as base64 of uint8 (weight * 255, rounded): for each token i, layer and head, its
+    weights over its window's keys up to itself (i % window + 1 of them; those after it are 0 and not stored,
+    which halves the page of a long text)."""
+    N, L, H, T = inspection.attention.shape
+    kept = np.arange(T)[None, :] <= (np.arange(N) % T)[:, None]  # (N, T): the keys before query i, and i
+    weights = np.round(inspection.attention * 255).astype(np.uint8)  # (N, L, H, T)
+    return base64.b64encode(weights[np.broadcast_to(kept[:, None, None, :], weights.shape)].tobytes()).decode("ascii")
 
 
 def char_bits(inspection: Inspection, text: str) -> np.ndarray:
@@ -106,9 +111,14 @@ let selected = null, layer = 0, head = 0;
 const shade = (bits) => bits === null ? "transparent" : `rgba(220, 40, 40, ${Math.min(bits / 8, 1).toFixed(3)})`;
 const show = (piece) => piece.replace(/\\n/g, "\\u21b5\\n");
 
-function weights(i, l, h) {  // query i's weights over its window's keys
-  const at = (((i * M.layers) + l) * M.heads + h) * M.window;
-  return Array.from(ATT.subarray(at, at + M.window), w => w / 255);
+const OFFSET = [];  // where token i's weights start: each token before keeps (its place in its window + 1) per head
+for (let i = 0, at = 0; i < M.pieces.length; i++) { OFFSET.push(at); at += M.layers * M.heads * (i % M.window + 1); }
+
+function weights(i, l, h) {  // query i's weights over its window's keys, 0 after i
+  const n = i % M.window + 1, at = OFFSET[i] + (l * M.heads + h) * n;
+  const w = new Array(M.window).fill(0);
+  ATT.subarray(at, at + n).forEach((v, k) => { w[k] = v / 255; });
+  return w;
 }
 
 function summary() {
