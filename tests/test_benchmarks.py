@@ -67,3 +67,10 @@ def run_script(name: str, *args: str, data_path: str, smoke: bool = False) -> st
 def test_benchmark_script_runs(name, args, expected, shakespeare_path):
     out = run_script(name, *args, data_path=str(shakespeare_path), smoke=name == "generate_speed.py")
     assert expected in out, out[-3000:]
+
+
+def test_gpu_run_trains_a_tiny_model_here(tmp_path, shakespeare_path):
+    """gpu_run.py's cases are sized for a GPU (RESULTS.md, "On an H200"); its jaxgpt case runs anywhere."""
+    out = run_script("gpu_run.py", "--case=jaxgpt", "--", "--config=tiny", "--max_iters=2", "--eval_interval=1",
+                     "--eval_iters=1", "--sample_chars=0", f"--out_dir={tmp_path}/run", data_path=str(shakespeare_path))
+    assert "s] step 2: train loss" in out and "peak_bytes_in_use" in out
