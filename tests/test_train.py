@@ -200,8 +200,8 @@ def test_grad_accumulation_trains_and_counts_its_tokens(tmp_path, small_text_fil
 
 @pytest.mark.parametrize("eval_mode", ["sampled", "full"])
 def test_the_evaluation_compiled_ahead_is_the_one_it_runs(tmp_path, small_text_file, eval_mode):
-    """`compile_evaluation_ahead` compiles exactly the programs `measure` calls: afterwards an evaluation compiles
-    nothing and reads nothing from the persistent cache."""
+    """`compile_evaluation_ahead` compiles exactly the programs `measure` calls (the learning rate's schedule
+    included): afterwards an evaluation compiles nothing and reads nothing from the persistent cache."""
     from jaxgpt.run.training import Run
 
     compiles = []
@@ -217,7 +217,8 @@ def test_the_evaluation_compiled_ahead_is_the_one_it_runs(tmp_path, small_text_f
 
     jax.monitoring.register_event_duration_secs_listener(on_duration)
     jax.monitoring.register_event_listener(on_event)
-    config = tiny(tmp_path, small_text_file, max_iters=2, eval_interval=2, eval_iters=3, eval_mode=eval_mode)
+    config = tiny(tmp_path, small_text_file, max_iters=2, eval_interval=2, eval_iters=3, eval_mode=eval_mode,
+                  lr_schedule="cosine", warmup_iters=1)
     with Run(config, log=lambda _: None) as run:
         jax.block_until_ready(run.step())
         run.trainer.compile_evaluation_ahead(len(run.dataset.val))

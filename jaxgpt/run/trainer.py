@@ -38,6 +38,7 @@ class Trainer:
         self.n_params = count_params(state.params)
         self.token_bytes = placement.replicate(token_bytes)  # (V,)
         self._split_sums = make_split_sums(model, placement)
+        self._learning_rate = jax.jit(learning_rate_schedule(config))  # one program, not a compile per eager op
         self._compiled_step: jax.stages.Compiled | None = None
         self._evaluation_compile: threading.Thread | None = None
         self.steps_per_call = resolved_steps_per_call(config, self.flops_per_step())
@@ -94,6 +95,7 @@ class Trainer:
         programs: list[Callable[[], object]] = [
             lambda: self.batches.compile_eval_windows("train"),
             lambda: self._split_sums.lower(params, windows, counted, self.token_bytes).compile(),
+            lambda: self._learning_rate.lower(self.config.max_iters).compile(),  # a step, as measure passes one
         ]
         if self.config.eval_mode == "full":
             whole = whole_split_window_specs(n_val_tokens, self.config.batch_size, self.config.block_size,
@@ -170,7 +172,7 @@ class Trainer:
             "tokens_per_sec": tokens_per_sec,
             "data_wait": data_wait,
             "mfu": mfu(tokens_per_sec, *self._flops()) if tokens_per_sec else None,
-            "learning_rate": float(learning_rate_schedule(self.config)(step)),
+            "learning_rate": float(self._learning_rate(step)),
             **self.health(),
         }
 
