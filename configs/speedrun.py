@@ -3,8 +3,8 @@
 The modern recipe on a model the size of nanoGPT's CPU recipe: rotary positions, RMSNorm, QK-norm, no biases, an
 untied head, zero-initialised output projections, and Muon for the blocks' matrices (AdamW for the rest); the
 lecture's ReLU and no logit soft-capping, which at this length train better without. A bigger batch and far fewer
-steps than nanoGPT's 2000; one evaluation, over the whole val split, at the end; no loss plot of that one point
-and no inspect page.
+steps than nanoGPT's 2000; one evaluation, over the whole val split, at the end (its train-loss estimate over as
+many tokens as nanoGPT's); no loss plot of that one point and no inspect page.
 """
 
 from jaxgpt import GPTConfig, TrainConfig
@@ -27,7 +27,7 @@ config = TrainConfig(
     eval_interval=140,
     eval_at_start=False,
     eval_mode="full",
-    eval_iters=20,
+    eval_iters=8,  # the train-loss estimate over 8 x 32 windows: nanoGPT's 20 x 12, in tokens
     checkpoint_interval=140,
     sample_chars=0,
     plot=False,
