@@ -69,58 +69,20 @@ def jaxgpt_case(argv: list[str]) -> None:
 
 
 def torch_case(argv: list[str]) -> None:
-    """The lecture's gpt.py on the GPU: hyperparameters of `--config=lecture`, its loop and its evaluation."""
+    """The lecture's gpt.py on the GPU: its hyperparameters (`--config=lecture`'s), its loop and its evaluation."""
     import torch
 
-    from jaxgpt.torch_reference.lecture import GPTLanguageModel
+    from jaxgpt.torch_reference.lecture import train_lecture
 
     parser = argparse.ArgumentParser()
     parser.add_argument("--max_iters", type=int, default=5000)
     parser.add_argument("--precision", choices=("float32", "bfloat16"), default="float32")
     args = parser.parse_args(argv)
-    batch_size, block_size, eval_interval, eval_iters, device = 64, 256, 500, 200, "cuda"
-    torch.manual_seed(1337)
-    text = Path(os.environ["JAXGPT_DATA"]).read_text(encoding="utf-8")
-    chars = sorted(set(text))
-    stoi = {ch: i for i, ch in enumerate(chars)}
-    data = torch.tensor([stoi[c] for c in text], dtype=torch.long)
-    n = int(0.9 * len(data))
-    splits = {"train": data[:n], "val": data[n:]}
-
-    def get_batch(split: str) -> tuple[torch.Tensor, torch.Tensor]:
-        d = splits[split]
-        ix = torch.randint(len(d) - block_size, (batch_size,))
-        x = torch.stack([d[i:i + block_size] for i in ix])
-        y = torch.stack([d[i + 1:i + block_size + 1] for i in ix])
-        return x.to(device), y.to(device)
-
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=args.precision == "bfloat16")
-
-    @torch.no_grad()
-    def estimate_loss() -> dict[str, float]:
-        model.eval()
-        out = {}
-        for split in ("train", "val"):
-            losses = torch.zeros(eval_iters)
-            for k in range(eval_iters):
-                with autocast:
-                    losses[k] = model(*get_batch(split))[1].item()
-            out[split] = losses.mean().item()
-        model.train()
-        return out
-
-    model = GPTLanguageModel(len(chars), block_size, 6, 6, 384, 0.2).to(device)
-    stamped(f"{sum(p.numel() for p in model.parameters()) / 1e6} M parameters on {torch.cuda.get_device_name()}")
-    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-4)
-    for it in range(args.max_iters):
-        if it % eval_interval == 0 or it == args.max_iters - 1:
-            losses = estimate_loss()
-            stamped(f"step {it}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}")
-        with autocast:
-            _, loss = model(*get_batch("train"))
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+    stamped(f"on {torch.cuda.get_device_name()}")
+    train_lecture(Path(os.environ["JAXGPT_DATA"]).read_text(encoding="utf-8"), max_iters=args.max_iters,
+                  device="cuda", autocast_dtype=torch.bfloat16 if args.precision == "bfloat16" else None,
+                  on_eval=lambda it, losses: stamped(f"step {it}: train loss {losses['train']:.4f}, "
+                                                     f"val loss {losses['val']:.4f}"))
     torch.cuda.synchronize()
     stamped(f"peak_bytes_in_use {torch.cuda.max_memory_allocated()}")
 

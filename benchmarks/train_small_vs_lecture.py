@@ -22,49 +22,17 @@ from pathlib import Path
 
 import torch
 
-from jaxgpt.torch_reference.lecture import GPTLanguageModel
+from jaxgpt.torch_reference.lecture import train_lecture
 
-SMALL = {"batch_size": 16, "block_size": 32, "n_embd": 64, "n_head": 4, "n_layer": 4, "dropout": 0.0, "lr": 1e-3}
+SMALL = {"batch_size": 16, "block_size": 32, "n_embd": 64, "n_head": 4, "n_layer": 4, "dropout": 0.0,
+         "learning_rate": 1e-3}
 
 
 def lecture_loop(text: str, max_iters: int, eval_interval: int, eval_iters: int, seed: int) -> dict[int, float]:
     """The lecture's gpt.py training loop with the `small` hyperparameters; returns {step: val loss}."""
-    torch.manual_seed(seed)
-    chars = sorted(set(text))
-    stoi = {ch: i for i, ch in enumerate(chars)}
-    data = torch.tensor([stoi[c] for c in text], dtype=torch.long)
-    n = int(0.9 * len(data))
-    splits = {"train": data[:n], "val": data[n:]}
-    B, T = SMALL["batch_size"], SMALL["block_size"]
-
-    def get_batch(split):
-        d = splits[split]
-        ix = torch.randint(len(d) - T, (B,))
-        return torch.stack([d[i : i + T] for i in ix]), torch.stack([d[i + 1 : i + T + 1] for i in ix])
-
-    @torch.no_grad()
-    def estimate_loss(model):
-        model.eval()
-        out = {}
-        for split in ("train", "val"):
-            losses = torch.zeros(eval_iters)
-            for k in range(eval_iters):
-                losses[k] = model(*get_batch(split))[1].item()
-            out[split] = losses.mean().item()
-        model.train()
-        return out
-
-    model = GPTLanguageModel(len(chars), T, SMALL["n_layer"], SMALL["n_head"], SMALL["n_embd"], SMALL["dropout"])
-    optimizer = torch.optim.AdamW(model.parameters(), lr=SMALL["lr"])
-    val = {}
-    for it in range(max_iters):
-        if it % eval_interval == 0 or it == max_iters - 1:
-            val[it] = estimate_loss(model)["val"]
-        _, loss = model(*get_batch("train"))
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-    return val
+    evaluations = train_lecture(text, **SMALL, max_iters=max_iters, eval_interval=eval_interval,
+                                eval_iters=eval_iters, seed=seed)
+    return {step: losses["val"] for step, losses in evaluations.items()}
 
 
 def jaxgpt_run(data_path: str, max_iters: int, eval_interval: int, eval_iters: int, seed: int) -> dict[int, float]:

@@ -7,6 +7,9 @@ Hyperparameters are constructor arguments instead of globals.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Callable
+
 import numpy as np
 import torch
 import torch.nn as nn
@@ -160,3 +163,57 @@ def load_jaxgpt_params(model: GPTLanguageModel, params) -> GPTLanguageModel:
     missing = model.load_state_dict(state, strict=False).missing_keys
     assert all(key.endswith(".tril") for key in missing), missing  # only the causal-mask buffers keep theirs
     return model
+
+
+def train_lecture(text: str, *, batch_size: int = 64, block_size: int = 256, n_layer: int = 6, n_head: int = 6,
+                  n_embd: int = 384, dropout: float = 0.2, learning_rate: float = 3e-4, max_iters: int = 5000,
+                  eval_interval: int = 500, eval_iters: int = 200, seed: int = 1337, device: str = "cpu",
+                  autocast_dtype: torch.dtype | None = None,
+                  on_eval: Callable[[int, dict[str, float]], None] | None = None) -> dict[int, dict[str, float]]:
+    """gpt.py's training loop (defaults: its hyperparameters): character tokens, the 90/10 split, `get_batch`
+    (torch.randint + stack, copied to `device`), AdamW, and `estimate_loss` (`eval_iters` batches per split) every
+    `eval_interval` steps and at the last; optionally under `torch.autocast(autocast_dtype)`. Returns
+    {step: {"train": loss, "val": loss}}; `on_eval(step, losses)` is called as each evaluation finishes."""
+    torch.manual_seed(seed)
+    chars = sorted(set(text))
+    stoi = {ch: i for i, ch in enumerate(chars)}
+    data = torch.tensor([stoi[c] for c in text], dtype=torch.long)
+    n = int(0.9 * len(data))
+    splits = {"train": data[:n], "val": data[n:]}
+    autocast = (torch.autocast(torch.device(device).type, dtype=autocast_dtype) if autocast_dtype
+                else contextlib.nullcontext())
+
+    def get_batch(split: str) -> tuple[torch.Tensor, torch.Tensor]:
+        d = splits[split]
+        ix = torch.randint(len(d) - block_size, (batch_size,))
+        x = torch.stack([d[i:i + block_size] for i in ix])  # (B, T)
+        y = torch.stack([d[i + 1:i + block_size + 1] for i in ix])  # (B, T)
+        return x.to(device), y.to(device)
+
+    @torch.no_grad()
+    def estimate_loss() -> dict[str, float]:
+        model.eval()
+        out = {}
+        for split in ("train", "val"):
+            losses = torch.zeros(eval_iters)
+            for k in range(eval_iters):
+                with autocast:
+                    losses[k] = model(*get_batch(split))[1].item()
+            out[split] = losses.mean().item()
+        model.train()
+        return out
+
+    model = GPTLanguageModel(len(chars), block_size, n_layer, n_head, n_embd, dropout).to(device)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=learning_rate)
+    evaluations = {}
+    for it in range(max_iters):
+        if it % eval_interval == 0 or it == max_iters - 1:
+            evaluations[it] = estimate_loss()
+            if on_eval:
+                on_eval(it, evaluations[it])
+        with autocast:
+            _, loss = model(*get_batch("train"))
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+    return evaluations
