@@ -159,6 +159,7 @@ def jaxgpt_run(data_path: str, size: tuple, eval_iters: int, seed: int) -> dict:
                  "--dropout=0", "--activation=gelu", "--tie_embeddings=true", "--bias=false", "--lm_head_bias=false",
                  "--qkv_bias=false", "--scale_proj_init=true", "--lr_schedule=cosine", "--decay_all_params=false",
                  "--decay_embeddings=true", "--warmup=nanogpt", "--progress=false",
+                 "--plot=false",  # nanoGPT's train.py draws no loss curve (jaxgpt's: matplotlib's import, ~2 s)
                  "--sample_chars=0", f"--data_path={data_path}", f"--out_dir={out_dir}",
                  *(f"--{name}={value}" for name, value in RECIPE.items())]
         tic = time.perf_counter()
