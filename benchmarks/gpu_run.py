@@ -27,6 +27,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 START = time.perf_counter()
 
@@ -34,18 +35,26 @@ LECTURE_1000 = ["--config=lecture", "--max_iters=1000"]
 ATTENTION_1024 = ["--config=lecture", "--block_size=1024", "--batch_size=8", "--dropout=0", "--max_iters=400",
                   "--eval_interval=200", "--eval_iters=20"]
 NO_AUTOTUNE = {"XLA_FLAGS": "--xla_gpu_autotune_level=0"}  # XLA:GPU's default kernels, none timed at compile
-CASES: list[tuple[str, list[str]] | tuple[str, list[str], dict[str, str]]] = [
-    ("jaxgpt", ["--config=lecture"]),  # the lecture's run: 5,000 steps, bfloat16 matmuls (dtype auto on a GPU)
-    ("torch", ["--max_iters=1000", "--precision=float32"]),  # gpt.py as written
-    ("jaxgpt", [*LECTURE_1000, "--dtype=float32"]),  # XLA runs float32 matmuls on TF32 tensor cores
-    ("torch", ["--max_iters=1000", "--precision=bfloat16"]),  # under torch.autocast, as nanoGPT trains on a GPU
-    ("jaxgpt", [*LECTURE_1000]),
-    ("jaxgpt", [*ATTENTION_1024, "--attention=xla"]),
-    ("jaxgpt", [*ATTENTION_1024, "--attention=cudnn"]),
-    ("compiled", ["--config=lecture"]),
-    ("compiled", [*ATTENTION_1024, "--attention=xla"]),
-    ("compiled", [*ATTENTION_1024, "--attention=cudnn"]),
-    ("jaxgpt", [*LECTURE_1000, "--dtype=float32"], NO_AUTOTUNE),  # a first run's compile without autotuning
+
+
+class Case(NamedTuple):
+    kind: str  # "jaxgpt", "torch" or "compiled"
+    argv: list[str]
+    env: dict[str, str] = {}  # added to the case's process environment (read only)
+
+
+CASES: list[Case] = [
+    Case("jaxgpt", ["--config=lecture"]),  # the lecture's run: 5,000 steps, bfloat16 matmuls (dtype auto on a GPU)
+    Case("torch", ["--max_iters=1000", "--precision=float32"]),  # gpt.py as written
+    Case("jaxgpt", [*LECTURE_1000, "--dtype=float32"]),  # XLA runs float32 matmuls on TF32 tensor cores
+    Case("torch", ["--max_iters=1000", "--precision=bfloat16"]),  # under torch.autocast, as nanoGPT trains on a GPU
+    Case("jaxgpt", [*LECTURE_1000]),
+    Case("jaxgpt", [*ATTENTION_1024, "--attention=xla"]),
+    Case("jaxgpt", [*ATTENTION_1024, "--attention=cudnn"]),
+    Case("compiled", ["--config=lecture"]),
+    Case("compiled", [*ATTENTION_1024, "--attention=xla"]),
+    Case("compiled", [*ATTENTION_1024, "--attention=cudnn"]),
+    Case("jaxgpt", [*LECTURE_1000, "--dtype=float32"], NO_AUTOTUNE),  # a first run's compile without autotuning
 ]
 
 
@@ -113,8 +122,7 @@ def drive(out: Path, only: list[int] | None, timeout: float) -> None:
     except OSError as err:
         results["nvidia_smi"] = str(err)
     for index in only or range(len(CASES)):  # in the order given; a case may run twice (cold, then warm)
-        kind, argv, *extra = CASES[index]
-        env = extra[0] if extra else {}
+        kind, argv, env = CASES[index]
         flags = list(argv)
         if kind == "jaxgpt":
             flags += [f"--out_dir={tempfile.gettempdir()}/gpu_run/run{index}", "--overwrite"]  # checkpoints: not in out
