@@ -5,6 +5,8 @@ from __future__ import annotations
 import shlex
 import sys
 
+import jax
+
 from jaxgpt.cli import compile_only, parse_train_args, parse_train_command, run_cli, worth_keeping
 from jaxgpt.core.config import TrainConfig
 from jaxgpt.run.compile_check import check_train
@@ -19,7 +21,9 @@ DESCRIPTION = ("Train a GPT on a text file or a prepared dataset, from a fresh i
                "(--init_from). Every field of the config is a flag: --config=NAME, then --field=value.")
 
 
-def main(argv: list[str] | None = None) -> None:
+def main(argv: list[str] | None = None, command: bool = False) -> None:
+    """Train as `python -m jaxgpt.train ARGV` does; `command`: this process is that command's own (it may restart
+    itself, see below)."""
     argv = sys.argv[1:] if argv is None else argv
     options = {"prog": "python -m jaxgpt.train", "description": DESCRIPTION}
     config, compile_for = parse_train_command(argv, **options)
@@ -29,8 +33,10 @@ def main(argv: list[str] | None = None) -> None:
     if compile_for:
         return compile_run(config, compile_for)
     compile_cache.enable_default()
-    if not worth_keeping(config):
-        allocator.use_default_malloc()  # kept, blocks this large fragment the heap (jaxgpt/system/allocator.py)
+    if not worth_keeping(config):  # kept, blocks this large fragment the heap (jaxgpt/system/allocator.py)
+        if command and not config.multihost and jax.default_backend() == "cpu":
+            allocator.restart_with_huge_pages()  # their page faults: ~20% of the sweep's l step
+        allocator.use_default_malloc()
     with stop_on_signals() as stop:
         result = train(config, stop=stop)
     if result.interrupted:
@@ -51,8 +57,8 @@ def compile_run(config: TrainConfig, target_name: str) -> None:
 
 
 def entry_point() -> None:
-    """The `jaxgpt-train` console script."""
-    run_cli(main)
+    """The `jaxgpt-train` console script and `python -m jaxgpt.train`."""
+    run_cli(lambda argv: main(argv, command=True))
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import platform
 import statistics
 import subprocess
@@ -84,3 +85,66 @@ def test_glibc_tunables_win(monkeypatch: pytest.MonkeyPatch) -> None:
 
     monkeypatch.setenv("GLIBC_TUNABLES", "glibc.malloc.arena_max=4")
     assert not keep_freed_memory()
+
+
+def test_huge_pages_need_glibc_2_35_and_transparent_huge_pages(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
+    from jaxgpt.system import allocator
+
+    mode = tmp_path / "enabled"
+    monkeypatch.setattr(allocator, "THP_MODE", mode)
+    monkeypatch.setattr(allocator.platform, "libc_ver", lambda: ("glibc", "2.36"))
+    for text, possible in (("always [madvise] never\n", True), ("[always] madvise never\n", True),
+                           ("always madvise [never]\n", False)):
+        mode.write_text(text)
+        assert allocator.huge_pages_possible() == possible, text
+    mode.write_text("always [madvise] never\n")
+    monkeypatch.setattr(allocator.platform, "libc_ver", lambda: ("glibc", "2.34"))
+    assert not allocator.huge_pages_possible()
+    monkeypatch.setattr(allocator.platform, "libc_ver", lambda: ("", ""))  # musl, macOS
+    assert not allocator.huge_pages_possible()
+    mode.unlink()
+    monkeypatch.setattr(allocator.platform, "libc_ver", lambda: ("glibc", "2.36"))
+    assert not allocator.huge_pages_possible()
+
+
+RESTART = """
+import os
+from jaxgpt.system.allocator import restart_with_huge_pages
+print(os.environ.get("GLIBC_TUNABLES"), flush=True)
+restart_with_huge_pages()
+print("done", flush=True)
+"""
+
+
+def test_restart_with_huge_pages_starts_the_command_again_once() -> None:
+    from jaxgpt.system.allocator import HUGE_PAGES_TUNABLE, huge_pages_possible
+
+    if not huge_pages_possible():
+        pytest.skip("needs glibc >= 2.35 and transparent huge pages (always or madvise)")
+    env = {k: v for k, v in os.environ.items() if k != "GLIBC_TUNABLES"}
+    out = subprocess.run([sys.executable, "-c", RESTART], env=env, capture_output=True, text=True, check=True).stdout
+    assert out.splitlines() == ["None", HUGE_PAGES_TUNABLE, "done"]
+    env["GLIBC_TUNABLES"] = "glibc.malloc.arena_max=4"  # yours win: no restart
+    out = subprocess.run([sys.executable, "-c", RESTART], env=env, capture_output=True, text=True, check=True).stdout
+    assert out.splitlines() == ["glibc.malloc.arena_max=4", "done"]
+
+
+def test_train_restarts_only_as_a_command_and_only_for_large_steps(monkeypatch: pytest.MonkeyPatch, tmp_path,
+                                                                   small_text_file) -> None:
+    import jaxgpt.train
+    from jaxgpt.system import allocator
+
+    class Restarted(Exception):
+        pass
+
+    def restart() -> None:
+        raise Restarted
+
+    monkeypatch.setattr(allocator, "restart_with_huge_pages", restart)
+    argv = ["--config=tiny", f"--data_path={small_text_file}", "--max_iters=2", "--eval_interval=2",
+            "--eval_iters=1", "--sample_chars=0", "--progress=false"]
+    jaxgpt.train.main([*argv, f"--out_dir={tmp_path / 'a'}"], command=True)  # tiny: freed memory kept
+    monkeypatch.setattr(jaxgpt.train, "worth_keeping", lambda config: False)
+    jaxgpt.train.main([*argv, f"--out_dir={tmp_path / 'b'}"])  # a library call of main: never
+    with pytest.raises(Restarted):
+        jaxgpt.train.main([*argv, f"--out_dir={tmp_path / 'c'}"], command=True)
